@@ -1,0 +1,212 @@
+//! Command-line interface: argument definitions and dispatch to the pipeline stages.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::dataset::{self, Slice};
+use crate::engine::Form;
+use crate::latency::LatencyPlan;
+use crate::model;
+use crate::verify::{self, VerifyOptions};
+
+/// Exit code: the run completed, whatever the verdict.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: an error stopped the run.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: `--require-claim` was given and the measured accuracy lies below the claim's
+/// 95% interval.
+pub const EXIT_CLAIM_NOT_REPRODUCED: i32 = 3;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  the run completed (whatever the verdict)
+  1  an error stopped the run (the message names the file and the fix)
+  2  usage error (bad flags)
+  3  with --require-claim: some form measured below the claim's 95% interval";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgeverify",
+    version,
+    about = "Check a published image-classifier accuracy claim on this CPU with tract",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More diagnostics on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate a model on a labelled micro-slice, measure its latency, write a report.
+    Verify(VerifyArgs),
+    /// Draw a reproducible micro-slice from a labelled folder and write its manifest.
+    Slice(SliceArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct VerifyArgs {
+    /// The model: a .toml description (see models/), a Hugging Face-style folder, or an .onnx
+    /// file (ImageNet-standard preprocessing is then assumed).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The images: a folder with val.txt, an ImageFolder tree, a folder of
+    /// <synset>_<name>.JPEG files, or a manifest written by `edgeverify slice`.
+    #[arg(long)]
+    pub slice: PathBuf,
+    /// A `<file> <class index>` label file for a folder slice (e.g. all 50,000 val labels:
+    /// only the files present are evaluated).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Folder for report.json and report.md (created if needed).
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Forms to evaluate, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    pub forms: Vec<Form>,
+    /// Inference threads (tract's multithreaded executor); default: all logical CPUs.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Untimed runs before the latency measurement.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed batch-1 runs per form.
+    #[arg(long, default_value_t = 30)]
+    pub runs: usize,
+    /// Time budget of the timed runs per form, seconds (at least 3 runs are taken).
+    #[arg(long, default_value_t = 60.0)]
+    pub max_seconds: f64,
+    /// Batch size of the throughput measurement.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Evaluate only the first N images of the slice (a quick look).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Cap or force tract's instruction sets for this run, as tract's TRACT_CPU_ISA knob does
+    /// (e.g. "-avx512f,-avx512vnni" to measure the AVX2 kernels on an AVX-512 host).
+    #[arg(long)]
+    pub cpu_isa: Option<String>,
+    /// Exit with code 3 when a form measures below the claim's 95% interval.
+    #[arg(long)]
+    pub require_claim: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SliceArgs {
+    /// Folder of val images (with val.txt, --labels, or a synset layout).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Label file for --from (e.g. ILSVRC2012_val_labels.txt).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Number of images to draw.
+    #[arg(long, default_value_t = 900)]
+    pub count: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Manifest file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main_with_args() -> Result<i32> {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    match cli.command {
+        Command::Verify(args) => run_verify(args, cli.quiet),
+        Command::Slice(args) => run_slice(args),
+    }
+}
+
+fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
+    if let Some(isa) = &args.cpu_isa {
+        // tract reads this knob once, at its first kernel selection, which has not happened yet.
+        std::env::set_var("TRACT_CPU_ISA", isa);
+    }
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    crate::engine::set_threads(threads);
+    let mut forms = args.forms.clone();
+    forms.dedup();
+    let opts = VerifyOptions {
+        model: args.model,
+        slice: args.slice,
+        labels: args.labels,
+        out: args.out,
+        forms,
+        threads,
+        latency: LatencyPlan {
+            warmup_runs: args.warmup,
+            runs: args.runs.max(1),
+            max_seconds: args.max_seconds,
+        },
+        throughput_batch: args.batch,
+        limit: args.limit,
+        quiet,
+        command: std::env::args().collect(),
+    };
+    let outcome = verify::run(&opts)?;
+    print!("{}", outcome.report.summary_table());
+    println!("report: {}", opts.out.join("report.json").display());
+    if args.require_claim && outcome.claim_not_reproduced {
+        return Ok(EXIT_CLAIM_NOT_REPRODUCED);
+    }
+    Ok(EXIT_OK)
+}
+
+fn run_slice(args: SliceArgs) -> Result<i32> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let classes = model::imagenet_classes();
+    let source = Slice::load(&args.from, args.labels.as_deref(), &classes)?;
+    if !source.missing.is_empty() {
+        bail!(
+            "{}: {} listed images are absent (e.g. {}); fix the folder or its label file",
+            args.from.display(),
+            source.missing.len(),
+            source.missing[0].0
+        );
+    }
+    let drawn = dataset::draw_spread(&source, args.count, args.seed);
+    if drawn.len() < args.count {
+        log::warn!("only {} images available, all drawn", drawn.len());
+    }
+    let manifest = dataset::write_manifest(
+        &drawn,
+        &source.root,
+        &args.out,
+        &args.from.display().to_string(),
+        args.seed,
+    )
+    .with_context(|| format!("writing manifest {}", args.out.display()))?;
+    let classes_used: std::collections::BTreeSet<usize> =
+        manifest.images.iter().map(|i| i.label).collect();
+    println!(
+        "wrote {} ({} images, {} classes, seed {})",
+        args.out.display(),
+        manifest.images.len(),
+        classes_used.len(),
+        args.seed
+    );
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,378 @@
+//! The report: one serde structure (data first), written atomically as `report.json`, and the
+//! views rendered from it (`report.md`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::latency::{Environment, LatencyPlan, LatencyStats};
+use crate::metrics::{Accuracy, Verdict};
+use crate::model::Claim;
+use crate::preprocess::PreprocessSpec;
+
+pub const REPORT_FORMAT: &str = "edgeverify-report/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub format: String,
+    /// UTC, RFC 3339.
+    pub created: String,
+    /// The command line that produced the report.
+    pub command: Vec<String>,
+    pub model: ModelInfo,
+    pub slice: SliceInfo,
+    pub forms: Vec<FormReport>,
+    pub latency_method: LatencyMethod,
+    pub environment: Environment,
+    pub predictions: Vec<Prediction>,
+    pub failures: Vec<Failure>,
+    /// Preprocessing throughput of this run.
+    pub preprocessing: PreprocessingInfo,
+    /// What a reader must know to read the figures right (assumptions, slice caveats).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub onnx_path: String,
+    /// sha256 of the f32 source file: the model's identity.
+    pub sha256: String,
+    pub file_bytes: u64,
+    pub described_by: String,
+    pub input: String,
+    pub output: String,
+    pub num_classes: usize,
+    pub preprocess: PreprocessSpec,
+    pub claim: Option<Claim>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SliceInfo {
+    pub path: String,
+    pub kind: String,
+    pub labels_source: String,
+    /// Images the slice lists, failures included.
+    pub images: usize,
+    /// sha256 over the ordered `(file, label, content sha256)` list: the slice's identity.
+    pub sha256: String,
+    /// Whether every image's content hash was checked against a manifest.
+    pub hashes_checked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormReport {
+    pub form: String,
+    /// `null` when not measurable (`accuracy_note` says why).
+    pub top1: Option<Accuracy>,
+    pub top5: Option<Accuracy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_note: Option<String>,
+    /// The same counts with every failed image counted as wrong.
+    pub top1_failures_as_wrong: Option<Accuracy>,
+    pub top5_failures_as_wrong: Option<Accuracy>,
+    pub verdict: Option<Verdict>,
+    pub latency_ms: Option<LatencyStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_note: Option<String>,
+    pub throughput: Option<Throughput>,
+    pub load_ms: f64,
+    /// Matrix-multiplication kernels tract chose for this form, with use counts.
+    pub kernels: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    pub batch: usize,
+    pub images_per_second: f64,
+    /// Median wall time of one batch, milliseconds.
+    pub batch_p50_ms: f64,
+    pub runs: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyMethod {
+    #[serde(flatten)]
+    pub plan: LatencyPlan,
+    pub batch: usize,
+    pub threads: usize,
+    pub input: String,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreprocessingInfo {
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prediction {
+    pub file: String,
+    pub label: usize,
+    pub form: String,
+    pub top5: Vec<usize>,
+    /// The top-5 logits, same order.
+    pub top5_logits: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    pub file: String,
+    pub reason: String,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees a half-written file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
+        format!("cannot write in {} (check it exists and is writable)", dir.display())
+    })?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Checks early that `dir` can hold the report (creating it), so a long run does not fail at
+/// its end.
+pub fn prepare_output_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!("cannot create output folder {} (choose another with --out)", dir.display())
+    })?;
+    tempfile::NamedTempFile::new_in(dir).with_context(|| {
+        format!("output folder {} is not writable (choose another with --out)", dir.display())
+    })?;
+    Ok(())
+}
+
+impl Report {
+    /// Writes `report.json` and `report.md` into `dir`; each file appears whole or not at all,
+    /// and the JSON (the data) is written last so its presence means the run completed.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_atomically(&dir.join("report.md"), self.to_markdown().as_bytes())?;
+        let json = serde_json::to_string_pretty(self)?;
+        write_atomically(&dir.join("report.json"), json.as_bytes())?;
+        Ok(())
+    }
+
+    /// The summary table printed on stdout.
+    pub fn summary_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<5} {:>8} {:>17} {:>8} {:>17} {:>9} {:>9} {:>9}",
+            "form", "top-1 %", "95% CI", "top-5 %", "95% CI", "p50 ms", "p90 ms", "p99 ms"
+        );
+        for f in &self.forms {
+            let acc = |a: &Option<Accuracy>| match a {
+                Some(a) => {
+                    (format!("{:.2}", a.percent), format!("{:.2}-{:.2}", a.ci95[0], a.ci95[1]))
+                }
+                None => ("n/a".into(), "".into()),
+            };
+            let (t1, c1) = acc(&f.top1);
+            let (t5, c5) = acc(&f.top5);
+            let lat = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into());
+            let l = f.latency_ms.as_ref();
+            let _ = writeln!(
+                s,
+                "{:<5} {:>8} {:>17} {:>8} {:>17} {:>9} {:>9} {:>9}",
+                f.form,
+                t1,
+                c1,
+                t5,
+                c5,
+                lat(l.map(|l| l.p50)),
+                lat(l.map(|l| l.p90)),
+                lat(l.map(|l| l.p99))
+            );
+        }
+        for f in &self.forms {
+            if let Some(v) = &f.verdict {
+                let _ = writeln!(s, "verdict ({}): {}", f.form, v.text);
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ =
+                writeln!(s, "{} image(s) failed; see report.json `failures`", self.failures.len());
+        }
+        s
+    }
+
+    /// The Markdown view.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.model;
+        let _ = writeln!(s, "# edgeverify report: {}\n", m.name);
+        let _ = writeln!(s, "Created {} by `{}`.\n", self.created, self.command.join(" "));
+        let _ = writeln!(s, "## Claim vs measured\n");
+        match &m.claim {
+            Some(c) => {
+                let _ = writeln!(s, "Claim: **{:.1}% top-1** ({}).\n", c.top1, c.source);
+            }
+            None => {
+                let _ = writeln!(s, "No accuracy claim was given for this model.\n");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "| form | top-1 % (95% CI) | top-5 % (95% CI) | failures as wrong: top-1 % | verdict |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        for f in &self.forms {
+            let acc = |a: &Option<Accuracy>| match a {
+                Some(a) => format!(
+                    "{:.2} ({:.2}-{:.2}), {}/{}",
+                    a.percent, a.ci95[0], a.ci95[1], a.correct, a.evaluated
+                ),
+                None => format!("n/a: {}", f.accuracy_note.as_deref().unwrap_or("not measured")),
+            };
+            let failed = f
+                .top1_failures_as_wrong
+                .map(|a| format!("{:.2} ({:.2}-{:.2})", a.percent, a.ci95[0], a.ci95[1]))
+                .unwrap_or_else(|| "n/a".into());
+            let verdict = f.verdict.as_ref().map(|v| v.text.as_str()).unwrap_or("no claim");
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                f.form,
+                acc(&f.top1),
+                acc(&f.top5),
+                failed,
+                verdict
+            );
+        }
+        let _ = writeln!(s);
+        self.markdown_latency(&mut s);
+        self.markdown_inputs(&mut s);
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+            let _ = writeln!(s);
+        }
+        s
+    }
+
+    fn markdown_latency(&self, s: &mut String) {
+        let lm = &self.latency_method;
+        let _ = writeln!(s, "## Latency\n");
+        let _ = writeln!(
+            s,
+            "Measured apart from the accuracy pass: batch {}, {} thread(s), {} warm-up run(s), up \
+             to {} timed runs or {} s; input: {}.\n",
+            lm.batch, lm.threads, lm.plan.warmup_runs, lm.plan.runs, lm.plan.max_seconds, lm.input
+        );
+        let _ = writeln!(s, "| form | p50 ms | p90 ms | p99 ms | mean ± sd ms | runs | throughput img/s | load ms | kernels |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for f in &self.forms {
+            let kernels =
+                f.kernels.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ");
+            let tp = f
+                .throughput
+                .as_ref()
+                .map(|t| format!("{:.1} (batch {})", t.images_per_second, t.batch))
+                .unwrap_or_else(|| "n/a".into());
+            match &f.latency_ms {
+                Some(l) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.2} | {:.2} | {:.2} | {:.2} ± {:.2} | {} | {} | {:.0} | {} |",
+                        f.form,
+                        l.p50,
+                        l.p90,
+                        l.p99,
+                        l.mean,
+                        l.stdev,
+                        l.runs,
+                        tp,
+                        f.load_ms,
+                        kernels
+                    );
+                }
+                None => {
+                    let note = f.latency_note.as_deref().unwrap_or("not measured");
+                    let _ = writeln!(
+                        s,
+                        "| {} | n/a: {note} | | | | | {tp} | {:.0} | {kernels} |",
+                        f.form, f.load_ms
+                    );
+                }
+            }
+        }
+        let e = &self.environment;
+        let _ = writeln!(s, "\n## Environment\n");
+        let _ = writeln!(
+            s,
+            "- CPU: {} ({} logical CPUs), {} {}",
+            e.cpu_model, e.logical_cpus, e.os, e.arch
+        );
+        let _ = writeln!(s, "- tract {} ISA: {}", e.tract_version, e.tract_isa);
+        if let Some(o) = &e.tract_cpu_isa_override {
+            let _ = writeln!(s, "- TRACT_CPU_ISA override: `{o}`");
+        }
+        if e.emulated {
+            let _ = writeln!(s, "- **Emulated** (qemu): latency figures are not board figures.");
+        }
+        if let Some(rss) = lm.peak_rss_bytes {
+            let _ = writeln!(s, "- peak RSS: {:.1} MiB", rss as f64 / 1048576.0);
+        }
+        let _ = writeln!(s);
+    }
+
+    fn markdown_inputs(&self, s: &mut String) {
+        let m = &self.model;
+        let sl = &self.slice;
+        let _ = writeln!(s, "## Inputs\n");
+        let _ = writeln!(
+            s,
+            "- model: `{}` ({}, {:.1} MB, sha256 `{}`), described by {}",
+            m.onnx_path,
+            m.name,
+            m.file_bytes as f64 / 1e6,
+            m.sha256,
+            m.described_by
+        );
+        let p = &m.preprocess;
+        let _ = writeln!(
+            s,
+            "- preprocessing: shortest edge {} ({:?}), center crop {}, rescale {:.6}, mean {:?}, std {:?}",
+            p.resize_shortest_edge, p.filter, p.crop_size, p.rescale_factor, p.mean, p.std
+        );
+        let _ = writeln!(
+            s,
+            "- slice: `{}` ({}, {} images, labels from {}), identity sha256 `{}`{}",
+            sl.path,
+            sl.kind,
+            sl.images,
+            sl.labels_source,
+            sl.sha256,
+            if sl.hashes_checked {
+                ", every image's hash checked against the manifest"
+            } else {
+                ""
+            }
+        );
+        let pp = &self.preprocessing;
+        let _ = writeln!(
+            s,
+            "- preprocessing throughput: {:.0} images/s on {} threads ({} images in {:.2} s)",
+            pp.images_per_second, pp.threads, pp.images, pp.seconds
+        );
+        if !self.failures.is_empty() {
+            let _ = writeln!(s, "\n### Failed images ({})\n", self.failures.len());
+            for f in &self.failures {
+                let _ = writeln!(s, "- `{}`: {}", f.file, f.reason);
+            }
+        }
+        let _ = writeln!(s);
+    }
+}
