@@ -9,6 +9,7 @@ use crate::dataset::{self, Slice};
 use crate::engine::Form;
 use crate::latency::LatencyPlan;
 use crate::model;
+use crate::quantize::{ActType, CalibMethod, QuantizeOptions};
 use crate::verify::{self, VerifyOptions};
 
 /// Exit code: the run completed, whatever the verdict.
@@ -49,6 +50,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Draw a reproducible micro-slice from a labelled folder and write its manifest.
     Slice(SliceArgs),
+    /// Quantize a model to int8 (QDQ ONNX), calibrated on images, all in Rust.
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,69 @@ pub struct VerifyArgs {
     /// Exit with code 3 when a form measures below the claim's 95% interval.
     #[arg(long)]
     pub require_claim: bool,
+    /// A quantized model from `edgeverify quantize` to use as the int8 form (instead of
+    /// quantizing now with --calib).
+    #[arg(long)]
+    pub int8_model: Option<PathBuf>,
+    /// Time the f16 form even where the CPU has no native f16 arithmetic (slow fallback).
+    #[arg(long)]
+    pub f16_latency: bool,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// How to quantize (the int8 form of `verify`, and `quantize`).
+#[derive(Debug, Args)]
+pub struct QuantArgs {
+    /// Calibration images (a folder or manifest, any slice layout; e.g. ImageNet train
+    /// images). Must not overlap the evaluation slice.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration method: minmax, percentile (99.99), percentile:P, or mse.
+    #[arg(long, default_value = "mse")]
+    pub calib_method: CalibMethod,
+    /// Activation integer type: u8 (asymmetric) or i8 (symmetric).
+    #[arg(long, default_value = "u8")]
+    pub act_type: ActType,
+    /// SmoothQuant strength alpha for LayerNorm -> MatMul pairs (an exact rewrite moving
+    /// activation outliers into the weights); 0 disables it.
+    #[arg(long, default_value_t = 0.0)]
+    pub smooth: f32,
+    /// Quantizable op names (ONNX node names) to keep in float, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub keep_float: Vec<String>,
+}
+
+impl QuantArgs {
+    fn options(&self) -> Result<QuantizeOptions> {
+        if !(0.0..=1.0).contains(&self.smooth) {
+            bail!("--smooth must be in [0, 1] (0 disables smoothing), got {}", self.smooth);
+        }
+        Ok(QuantizeOptions {
+            method: self.calib_method,
+            act_type: self.act_type,
+            keep_float: self.keep_float.clone(),
+            smooth_alpha: (self.smooth > 0.0).then_some(self.smooth),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The f32 model (description, Hugging Face folder or .onnx).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where to write the int8 QDQ ONNX file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// An evaluation slice the calibration set must not overlap (checked by content hash).
+    #[arg(long)]
+    pub slice: Option<PathBuf>,
+    /// List the quantizable ops (names for --keep-float) and exit.
+    #[arg(long)]
+    pub list_ops: bool,
+    #[command(flatten)]
+    pub quant: QuantArgs,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +197,7 @@ pub fn main_with_args() -> Result<i32> {
     match cli.command {
         Command::Verify(args) => run_verify(args, cli.quiet),
         Command::Slice(args) => run_slice(args),
+        Command::Quantize(args) => run_quantize(args, cli.quiet),
     }
 }
 
@@ -146,6 +213,8 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
     };
     crate::engine::set_threads(threads);
     let mut forms = args.forms.clone();
+    // f32 first: the other forms are compared with it image by image.
+    forms.sort();
     forms.dedup();
     let opts = VerifyOptions {
         model: args.model,
@@ -163,6 +232,10 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         limit: args.limit,
         quiet,
         command: std::env::args().collect(),
+        calib: args.quant.calib.clone(),
+        quant: args.quant.options()?,
+        int8_model: args.int8_model.clone(),
+        f16_latency: args.f16_latency,
     };
     let outcome = verify::run(&opts)?;
     print!("{}", outcome.report.summary_table());
@@ -207,6 +280,55 @@ fn run_slice(args: SliceArgs) -> Result<i32> {
         manifest.images.len(),
         classes_used.len(),
         args.seed
+    );
+    Ok(EXIT_OK)
+}
+
+fn run_quantize(args: QuantizeArgs, quiet: bool) -> Result<i32> {
+    let spec = model::ModelSpec::load(&args.model)?;
+    let sha = spec.check_onnx_file()?;
+    let proto = crate::engine::read_proto(&spec.onnx_path)?;
+    let io = crate::engine::graph_io(
+        &proto,
+        &spec.onnx_path,
+        spec.input.as_deref(),
+        spec.output.as_deref(),
+    )?;
+    if args.list_ops {
+        let graph = proto.graph.as_ref().context("ONNX file has no graph")?;
+        for t in crate::quantize::graph::find_targets(graph) {
+            println!("{}\t{:?}", t.name, t.kind);
+        }
+        return Ok(EXIT_OK);
+    }
+    let (Some(calib), Some(out)) = (&args.quant.calib, &args.out) else {
+        bail!("quantize needs --calib FOLDER and --out FILE (or --list-ops)");
+    };
+    let slice_hashes = match &args.slice {
+        Some(s) => {
+            let slice = Slice::load(s, None, &spec.classes)?;
+            Some(slice.entries.iter().filter_map(|e| dataset::sha256_file(&e.path).ok()).collect())
+        }
+        None => None,
+    };
+    let q = verify::quantize_with_calib(
+        calib,
+        &spec,
+        &io,
+        &sha,
+        &args.quant.options()?,
+        slice_hashes.as_ref(),
+        quiet,
+    )?;
+    crate::report::write_atomically(out, &crate::quantize::encode(&q.proto))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} ({} ops quantized, {} kept in float, {} calibration on {} images)",
+        out.display(),
+        q.recipe.ops_quantized.len(),
+        q.recipe.ops_kept_float.len(),
+        q.recipe.method,
+        q.recipe.calibration.images
     );
     Ok(EXIT_OK)
 }

@@ -56,6 +56,8 @@ pub struct GraphIo {
 pub struct Engine {
     pub form: Form,
     plan: Arc<TypedRunnableModel>,
+    /// Datum type the plan's input wants (f16 for the f16 form); f32 is converted to it.
+    input_dt: DatumType,
     /// `[batch, 3, size, size]`.
     pub input_shape: [usize; 4],
     pub num_classes: usize,
@@ -207,7 +209,8 @@ pub fn typed_model(
 pub fn output_classes(model: &TypedModel, path: &Path, batch: usize) -> Result<usize> {
     let fact = model.output_fact(0)?;
     let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
-    if shape.len() != 2 || shape[0] != batch || fact.datum_type != f32::datum_type() {
+    let float = [f32::datum_type(), f16::datum_type()].contains(&fact.datum_type);
+    if shape.len() != 2 || shape[0] != batch || !float {
         bail!(
             "model {}: output is {:?} {:?}, expected [{batch}, N] f32 logits; name the logits \
              output with `output` in the description",
@@ -238,8 +241,34 @@ impl Engine {
     pub fn load_f32(path: &Path, io: &GraphIo, batch: usize, size: usize) -> Result<Engine> {
         let start = Instant::now();
         let proto = read_proto(path)?;
-        let typed = typed_model(&proto, io, path, batch, size)?;
-        Engine::from_typed(Form::F32, typed, path, batch, size, start)
+        Engine::from_proto(Form::F32, &proto, io, path, batch, size, start)
+    }
+
+    /// Loads a form from an already-read ONNX proto (e.g. a QDQ int8 model); `path` names it
+    /// in errors, `start` is when loading began.
+    pub fn from_proto(
+        form: Form,
+        proto: &pb::ModelProto,
+        io: &GraphIo,
+        path: &Path,
+        batch: usize,
+        size: usize,
+        start: Instant,
+    ) -> Result<Engine> {
+        let typed = typed_model(proto, io, path, batch, size)?;
+        Engine::from_typed(form, typed, path, batch, size, start)
+    }
+
+    /// The f16 form: the f32 model through tract's `f32_to_f16` transform (inputs and outputs
+    /// stay f32 at the boundary).
+    pub fn load_f16(path: &Path, io: &GraphIo, batch: usize, size: usize) -> Result<Engine> {
+        let start = Instant::now();
+        let proto = read_proto(path)?;
+        let mut typed = typed_model(&proto, io, path, batch, size)?.into_decluttered()?;
+        let transform = tract_core::transform::get_transform("f32_to_f16")?
+            .context("this tract has no f32_to_f16 transform")?;
+        transform.transform(&mut typed)?;
+        Engine::from_typed(Form::F16, typed, path, batch, size, start)
     }
 
     /// Optimises and plans a typed model; `start` is when loading began (for `load_ms`).
@@ -252,6 +281,7 @@ impl Engine {
         start: Instant,
     ) -> Result<Engine> {
         let num_classes = output_classes(&typed, path, batch)?;
+        let input_dt = typed.input_fact(0)?.datum_type;
         let optimized = typed
             .into_optimized()
             .with_context(|| format!("model {}: tract failed to optimise it", path.display()))?;
@@ -260,6 +290,7 @@ impl Engine {
         Ok(Engine {
             form,
             plan,
+            input_dt,
             input_shape: [batch, 3, size, size],
             num_classes,
             kernels,
@@ -271,9 +302,15 @@ impl Engine {
     /// `[batch, num_classes]` f32, flat.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
         let tensor = Tensor::from_shape(&self.input_shape, input)?;
+        let tensor = if self.input_dt == f32::datum_type() {
+            tensor
+        } else {
+            tensor.cast_to_dt(self.input_dt)?.into_owned()
+        };
         let outputs = self.plan.run(tvec!(tensor.into_tvalue()))?;
-        let logits = outputs[0].to_plain_array_view::<f32>()?;
-        Ok(logits.iter().copied().collect())
+        let logits = outputs[0].cast_to::<f32>()?;
+        let view = logits.to_plain_array_view::<f32>()?;
+        Ok(view.iter().copied().collect())
     }
 }
 

@@ -12,5 +12,6 @@ pub mod latency;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod quantize;
 pub mod report;
 pub mod verify;

@@ -156,3 +156,150 @@ mod tests {
         assert!(Accuracy::new(0, 0).is_none());
     }
 }
+
+/// A form compared with f32 on the same images (a paired comparison).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedComparison {
+    pub images: usize,
+    /// Share of images whose top-1 class is the same in both forms, percent.
+    pub top1_agreement_percent: f64,
+    /// Images f32 classified right and this form wrong.
+    pub f32_right_form_wrong: usize,
+    /// Images f32 classified wrong and this form right.
+    pub f32_wrong_form_right: usize,
+    /// top-1 of f32 minus top-1 of this form, points (positive: this form lost accuracy).
+    pub top1_drop_points: f64,
+    /// 95% interval of the drop (Wald interval of a paired difference of proportions).
+    pub top1_drop_ci95: [f64; 2],
+    /// Exact two-sided McNemar p-value of the discordant pairs.
+    pub mcnemar_p: f64,
+    /// Mean cosine similarity of the logit vectors.
+    pub logit_cosine_mean: f64,
+    /// Mean KL divergence KL(softmax f32 ‖ softmax form), nats.
+    pub softmax_kl_mean: f64,
+    /// Largest absolute logit difference over all images.
+    pub logit_max_abs_diff: f64,
+}
+
+/// Accumulates a paired comparison image by image.
+#[derive(Debug, Clone, Default)]
+pub struct PairedAccumulator {
+    images: usize,
+    agree: usize,
+    b: usize,
+    c: usize,
+    cosine_sum: f64,
+    kl_sum: f64,
+    max_abs: f64,
+}
+
+impl PairedAccumulator {
+    /// Adds one image: both forms' logits and the label.
+    pub fn add(&mut self, f32_logits: &[f32], form_logits: &[f32], label: usize) {
+        let top = |l: &[f32]| crate::engine::top_k(l, 1)[0];
+        let (a, b) = (top(f32_logits), top(form_logits));
+        self.images += 1;
+        self.agree += usize::from(a == b);
+        self.b += usize::from(a == label && b != label);
+        self.c += usize::from(a != label && b == label);
+        self.cosine_sum += cosine(f32_logits, form_logits);
+        self.kl_sum += softmax_kl(f32_logits, form_logits);
+        for (x, y) in f32_logits.iter().zip(form_logits) {
+            self.max_abs = self.max_abs.max(f64::from((x - y).abs()));
+        }
+    }
+
+    pub fn finish(&self) -> Option<PairedComparison> {
+        if self.images == 0 {
+            return None;
+        }
+        let n = self.images as f64;
+        let diff = (self.b as f64 - self.c as f64) / n;
+        let var = (self.b + self.c) as f64 / n - diff * diff;
+        let half = Z95 * (var.max(0.0) / n).sqrt();
+        Some(PairedComparison {
+            images: self.images,
+            top1_agreement_percent: 100.0 * self.agree as f64 / n,
+            f32_right_form_wrong: self.b,
+            f32_wrong_form_right: self.c,
+            top1_drop_points: 100.0 * diff,
+            top1_drop_ci95: [100.0 * (diff - half), 100.0 * (diff + half)],
+            mcnemar_p: mcnemar_exact(self.b, self.c),
+            logit_cosine_mean: self.cosine_sum / n,
+            softmax_kl_mean: self.kl_sum / n,
+            logit_max_abs_diff: self.max_abs,
+        })
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return if na == nb { 1.0 } else { 0.0 };
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
+fn log_softmax(l: &[f32]) -> Vec<f64> {
+    let max = l.iter().fold(f64::NEG_INFINITY, |m, v| m.max(f64::from(*v)));
+    let lse = l.iter().map(|v| (f64::from(*v) - max).exp()).sum::<f64>().ln() + max;
+    l.iter().map(|v| f64::from(*v) - lse).collect()
+}
+
+/// KL(softmax p ‖ softmax q) in nats.
+pub fn softmax_kl(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let (lp, lq) = (log_softmax(p_logits), log_softmax(q_logits));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+}
+
+/// Exact two-sided McNemar test: `2 * P(X <= min(b, c))`, X ~ Binomial(b + c, 1/2), capped at 1.
+pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    let k_max = b.min(c);
+    let ln2 = std::f64::consts::LN_2;
+    let mut ln_choose = 0f64; // ln C(n, 0)
+    let mut tail = 0f64;
+    for k in 0..=k_max {
+        if k > 0 {
+            ln_choose += ((n - k + 1) as f64).ln() - (k as f64).ln();
+        }
+        tail += (ln_choose - n as f64 * ln2).exp();
+    }
+    (2.0 * tail).min(1.0)
+}
+
+#[cfg(test)]
+mod paired_tests {
+    use super::*;
+
+    /// Reference, computed independently in Python: `2 * sum(comb(14, k) for k in range(3)) / 2**14`.
+    #[test]
+    fn mcnemar_matches_the_binomial_test() {
+        assert!((mcnemar_exact(2, 12) - 0.012939453125).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(5, 5), 1.0);
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+    }
+
+    #[test]
+    fn identical_logits_are_perfectly_faithful() {
+        let mut acc = PairedAccumulator::default();
+        acc.add(&[1.0, 2.0, 0.5], &[1.0, 2.0, 0.5], 1);
+        acc.add(&[3.0, 2.0, 0.5], &[1.0, 2.0, 0.5], 0);
+        let p = acc.finish().unwrap();
+        assert_eq!(p.images, 2);
+        assert_eq!(p.top1_agreement_percent, 50.0);
+        assert_eq!((p.f32_right_form_wrong, p.f32_wrong_form_right), (1, 0));
+        assert!(p.top1_drop_points == 50.0);
+        assert!(softmax_kl(&[1.0, 2.0], &[1.0, 2.0]).abs() < 1e-12);
+        assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-12);
+    }
+}

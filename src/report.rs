@@ -82,6 +82,12 @@ pub struct FormReport {
     pub load_ms: f64,
     /// Matrix-multiplication kernels tract chose for this form, with use counts.
     pub kernels: BTreeMap<String, usize>,
+    /// How the form was quantized (int8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<crate::quantize::Recipe>,
+    /// This form against f32 on the same images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_f32: Option<crate::metrics::PairedComparison>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,9 +10,10 @@ use rayon::prelude::*;
 use crate::dataset::{sha256_bytes, Slice, SliceEntry};
 use crate::engine::{self, Engine, Form, GraphIo};
 use crate::latency::{self, Environment, LatencyPlan};
-use crate::metrics::{self, Accuracy, ClaimStanding};
+use crate::metrics::{self, Accuracy, ClaimStanding, PairedAccumulator};
 use crate::model::ModelSpec;
 use crate::preprocess::{self, PreprocessSpec};
+use crate::quantize::{self, CalibrationInfo, QuantizeOptions, Recipe};
 use crate::report::{
     Failure, FormReport, LatencyMethod, ModelInfo, Prediction, PreprocessingInfo, Report,
     SliceInfo, Throughput,
@@ -34,6 +35,13 @@ pub struct VerifyOptions {
     pub limit: Option<usize>,
     pub quiet: bool,
     pub command: Vec<String>,
+    /// Calibration images for the int8 form (any slice form).
+    pub calib: Option<PathBuf>,
+    pub quant: QuantizeOptions,
+    /// A quantized model written earlier (`edgeverify quantize`) to use as the int8 form.
+    pub int8_model: Option<PathBuf>,
+    /// Measure f16 latency even where the CPU has no native f16 arithmetic.
+    pub f16_latency: bool,
 }
 
 /// What a finished run hands back to the command line.
@@ -49,19 +57,18 @@ const CHUNK: usize = 32;
 /// One form being evaluated: its engine and what it predicted so far.
 struct FormRun {
     engine: Engine,
+    /// How the form was quantized (int8 only).
+    recipe: Option<Recipe>,
+    /// The quantized model (int8 only), to load again at another batch size.
+    int8_proto: Option<tract_onnx::pb::ModelProto>,
+    /// This form against f32 on the same images (forms other than f32, when f32 runs too).
+    paired: PairedAccumulator,
     top1_correct: usize,
     top5_correct: usize,
     evaluated: usize,
 }
 
 pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
-    if let Some(form) = opts.forms.iter().find(|f| **f != Form::F32) {
-        bail!(
-            "form {} is not available in this version of edgeverify (only f32 is); run with \
-             --forms f32",
-            form.name()
-        );
-    }
     let spec = ModelSpec::load(&opts.model)?;
     for a in &spec.assumptions {
         log::warn!("{a}");
@@ -89,10 +96,42 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
 
     let mut runs = Vec::new();
     for &form in &opts.forms {
-        let engine = Engine::load_f32(&spec.onnx_path, &io, 1, size)?;
+        let (engine, recipe, int8_proto) = match form {
+            Form::F32 => (Engine::load_f32(&spec.onnx_path, &io, 1, size)?, None, None),
+            Form::F16 => (Engine::load_f16(&spec.onnx_path, &io, 1, size)?, None, None),
+            Form::Int8 => {
+                let (engine, recipe, proto) = build_int8(opts, &spec, &io, &model_sha256, &slice)?;
+                notes.push(format!(
+                    "int8 form: {} calibration on {} images of {}, activations {:?}, {} ops \
+                     quantized, {} kept in float{}",
+                    recipe.method,
+                    recipe.calibration.images,
+                    recipe.calibration.source,
+                    recipe.activations,
+                    recipe.ops_quantized.len(),
+                    recipe.ops_kept_float.len(),
+                    recipe
+                        .smoothquant_alpha
+                        .map(|a| format!(
+                            ", SmoothQuant alpha {a} on {} LayerNorm->MatMul pairs",
+                            recipe.smoothed_pairs
+                        ))
+                        .unwrap_or_default()
+                ));
+                (engine, Some(recipe), Some(proto))
+            }
+        };
         check_classes(&engine, &spec)?;
-        runs.push(FormRun { engine, top1_correct: 0, top5_correct: 0, evaluated: 0 });
-        log::info!("loaded form {}", form.name());
+        log::info!("loaded form {} in {:.0} ms", form.name(), engine.load_ms);
+        runs.push(FormRun {
+            engine,
+            recipe,
+            int8_proto,
+            top1_correct: 0,
+            top5_correct: 0,
+            evaluated: 0,
+            paired: PairedAccumulator::default(),
+        });
     }
 
     let eval = evaluate(&slice, &spec.preprocess, &mut runs, opts.quiet)?;
@@ -151,6 +190,158 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
     Ok(Outcome { report, claim_not_reproduced })
 }
 
+const NO_NATIVE_F16: &str = "latency not measured: this CPU has no native f16 arithmetic, so \
+     tract runs f16 on a generic fallback kernel (about 20x slower than f32, not what an f16-capable \
+     board would see); pass --f16-latency to time it anyway";
+
+/// Whether tract found native f16 arithmetic (aarch64 FP16, x86 AVX512-FP16).
+fn native_f16() -> bool {
+    let isa = engine::detected_isa();
+    isa.split(',').any(|f| f == "fp16" || f == "avx512fp16")
+}
+
+/// Builds the int8 form: from `--int8-model`, or by quantizing now on `--calib`.
+fn build_int8(
+    opts: &VerifyOptions,
+    spec: &ModelSpec,
+    io: &GraphIo,
+    model_sha256: &str,
+    slice: &Slice,
+) -> Result<(Engine, Recipe, tract_onnx::pb::ModelProto)> {
+    let size = spec.preprocess.crop_size as usize;
+    let start = Instant::now();
+    let slice_hashes = content_hashes(slice);
+    let (proto, recipe, path) = match (&opts.int8_model, &opts.calib) {
+        (Some(path), _) => {
+            let proto = engine::read_proto(path)?;
+            let recipe = quantize::recipe_of(&proto).with_context(|| {
+                format!(
+                    "int8 model {} carries no edgeverify recipe (metadata {}); write it with \
+                     `edgeverify quantize`, or quantize on the fly with --calib",
+                    path.display(),
+                    quantize::RECIPE_KEY
+                )
+            })?;
+            if recipe.source_sha256 != model_sha256 {
+                bail!(
+                    "int8 model {} was quantized from a model with sha256 {}, not {} ({}); \
+                     quantize this model again",
+                    path.display(),
+                    recipe.source_sha256,
+                    model_sha256,
+                    spec.onnx_path.display()
+                );
+            }
+            check_overlap(
+                &recipe.calibration.image_sha256,
+                &slice_hashes,
+                &recipe.calibration.source,
+            )?;
+            (proto, recipe, path.clone())
+        }
+        (None, Some(calib)) => {
+            let q = quantize_with_calib(
+                calib,
+                spec,
+                io,
+                model_sha256,
+                &opts.quant,
+                Some(&slice_hashes),
+                opts.quiet,
+            )?;
+            let written = opts.out.join("model.int8.onnx");
+            crate::report::write_atomically(&written, &quantize::encode(&q.proto))?;
+            (q.proto, q.recipe, written)
+        }
+        (None, None) => bail!(
+            "the int8 form needs calibration images: pass --calib FOLDER (e.g. ImageNet train \
+             images, never the evaluation slice) or --int8-model FILE from `edgeverify quantize`"
+        ),
+    };
+    let engine = Engine::from_proto(Form::Int8, &proto, io, &path, 1, size, start)?;
+    Ok((engine, recipe, proto))
+}
+
+/// sha256 of every readable image of a slice.
+fn content_hashes(slice: &Slice) -> std::collections::HashSet<String> {
+    slice.entries.par_iter().filter_map(|e| crate::dataset::sha256_file(&e.path).ok()).collect()
+}
+
+fn check_overlap(
+    calib_hashes: &[String],
+    slice_hashes: &std::collections::HashSet<String>,
+    calib_source: &str,
+) -> Result<()> {
+    let shared = calib_hashes.iter().filter(|h| slice_hashes.contains(*h)).count();
+    if shared > 0 {
+        bail!(
+            "{shared} calibration image(s) of {calib_source} are also in the evaluation slice \
+             (same content sha256): calibrating on evaluation images inflates int8 accuracy; \
+             calibrate on other images (e.g. ImageNet train)"
+        );
+    }
+    Ok(())
+}
+
+/// Loads and preprocesses a calibration set, checks it against the evaluation slice's
+/// content hashes, and quantizes.
+pub fn quantize_with_calib(
+    calib: &std::path::Path,
+    spec: &ModelSpec,
+    io: &GraphIo,
+    model_sha256: &str,
+    qopts: &QuantizeOptions,
+    slice_hashes: Option<&std::collections::HashSet<String>>,
+    quiet: bool,
+) -> Result<quantize::Quantized> {
+    let set = Slice::load(calib, None, &spec.classes)
+        .with_context(|| format!("calibration set {}", calib.display()))?;
+    let prepared: Vec<_> =
+        set.entries.par_iter().map(|e| prepare_image(e, &spec.preprocess)).collect();
+    let mut tensors = vec![];
+    let mut hashes = vec![];
+    let mut failed: Vec<(String, String)> = set.missing.clone();
+    for (entry, (sha, tensor)) in set.entries.iter().zip(prepared) {
+        match tensor {
+            Ok(t) => {
+                tensors.push(t);
+                hashes.push(sha.unwrap_or_default());
+            }
+            Err(e) => {
+                log::warn!("calibration image {}: {e:#}", entry.path.display());
+                failed.push((entry.file.clone(), format!("{e:#}")));
+            }
+        }
+    }
+    if let Some(slice_hashes) = slice_hashes {
+        check_overlap(&hashes, slice_hashes, &calib.display().to_string())?;
+    }
+    let info = CalibrationInfo {
+        source: calib.display().to_string(),
+        images: tensors.len(),
+        failed,
+        sha256: crate::dataset::sha256_bytes(hashes.join("\n").as_bytes()),
+        image_sha256: hashes,
+    };
+    let passes = if qopts.smooth_alpha.is_some() { 2 } else { 1 };
+    let bar = progress_bar((tensors.len() * passes) as u64, quiet, "calibrating");
+    let proto = engine::read_proto(&spec.onnx_path)?;
+    let size = spec.preprocess.crop_size as usize;
+    let q = quantize::quantize(
+        &proto,
+        io,
+        &spec.onnx_path,
+        size,
+        model_sha256,
+        &tensors,
+        info,
+        qopts,
+        |_| bar.inc(1),
+    );
+    bar.finish_and_clear();
+    q
+}
+
 fn check_classes(engine: &Engine, spec: &ModelSpec) -> Result<()> {
     if engine.num_classes != spec.classes.len() {
         bail!(
@@ -203,7 +394,7 @@ fn evaluate(
     quiet: bool,
 ) -> Result<Evaluation> {
     let total = (slice.entries.len() * runs.len()) as u64;
-    let bar = progress_bar(total, quiet);
+    let bar = progress_bar(total, quiet, "evaluating (image-forms)");
     let mut eval = Evaluation {
         predictions: vec![],
         failures: slice
@@ -237,12 +428,18 @@ fn evaluate(
                     continue;
                 }
             };
+            let mut f32_logits: Option<Vec<f32>> = None;
             for run in runs.iter_mut() {
                 let logits = run
                     .engine
                     .run(&tensor)
                     .with_context(|| format!("inference failed on {}", entry.path.display()))?;
                 eval.predictions.push(score(run, entry, &logits));
+                match (&f32_logits, run.engine.form) {
+                    (None, Form::F32) => f32_logits = Some(logits),
+                    (Some(reference), _) => run.paired.add(reference, &logits, entry.label),
+                    (None, _) => {}
+                }
                 bar.inc(1);
             }
             if eval.latency_input.is_none() {
@@ -274,7 +471,7 @@ fn score(run: &mut FormRun, entry: &SliceEntry, logits: &[f32]) -> Prediction {
     }
 }
 
-fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
     if quiet {
         return indicatif::ProgressBar::hidden();
     }
@@ -283,9 +480,9 @@ fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
         indicatif::ProgressDrawTarget::stderr(),
     );
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "evaluating [{bar:40}] {pos}/{len} image-forms, {per_sec}, ETA {eta}",
-        )
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{bar:40}}] {{pos}}/{{len}}, {{per_sec}}, ETA {{eta}}"
+        ))
         .expect("valid template")
         .progress_chars("=> "),
     );
@@ -311,15 +508,17 @@ fn measure_forms(
             (Some(c), Some(a)) => Some(metrics::verdict(c.top1, a, run.engine.form.name())),
             _ => None,
         };
+        let skip_f16 = run.engine.form == Form::F16 && !native_f16() && !opts.f16_latency;
         let (latency_ms, latency_note) = match &eval.latency_input {
+            Some(_) if skip_f16 => (None, Some(NO_NATIVE_F16.to_string())),
             Some((_, input)) => {
                 (Some(latency::measure(&opts.latency, || run.engine.run(input).map(drop))?), None)
             }
             None => (None, Some("no image could be preprocessed to time the model on".into())),
         };
         let throughput = match &eval.latency_input {
-            Some((_, input)) => Some(throughput(run, spec, io, input, opts)?),
-            None => None,
+            Some((_, input)) if !skip_f16 => Some(throughput(run, spec, io, input, opts)?),
+            _ => None,
         };
         forms.push(FormReport {
             form: run.engine.form.name().into(),
@@ -336,6 +535,8 @@ fn measure_forms(
             throughput,
             load_ms: run.engine.load_ms,
             kernels: run.engine.kernels.clone(),
+            recipe: run.recipe.clone(),
+            vs_f32: run.paired.finish(),
         });
     }
     Ok(forms)
@@ -360,7 +561,14 @@ fn throughput(
         latency::measure(&plan, || run.engine.run(input).map(drop))?
     } else {
         let size = spec.preprocess.crop_size as usize;
-        let batched = Engine::load_f32(&spec.onnx_path, io, batch, size)?;
+        let start = Instant::now();
+        let batched = match (&run.int8_proto, run.engine.form) {
+            (Some(proto), _) => {
+                Engine::from_proto(Form::Int8, proto, io, &spec.onnx_path, batch, size, start)?
+            }
+            (None, Form::F16) => Engine::load_f16(&spec.onnx_path, io, batch, size)?,
+            (None, _) => Engine::load_f32(&spec.onnx_path, io, batch, size)?,
+        };
         let inputs = input.repeat(batch);
         latency::measure(&plan, || batched.run(&inputs).map(drop))?
     };
