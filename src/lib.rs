@@ -5,6 +5,7 @@
 //! [`preprocess`] (Pillow-faithful tensors) → [`engine`] (tract forms) → [`metrics`] and
 //! [`latency`] → [`report`]; [`verify`] wires them, [`cli`] parses the command line.
 
+pub mod charts;
 pub mod cli;
 pub mod dataset;
 pub mod engine;
