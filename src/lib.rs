@@ -7,8 +7,10 @@
 
 pub mod charts;
 pub mod cli;
+pub mod compare;
 pub mod dataset;
 pub mod engine;
+pub mod html;
 pub mod latency;
 pub mod metrics;
 pub mod model;
