@@ -132,19 +132,28 @@ fn row_label(labels: &[String], y: i32) -> String {
     labels[(n - 1 - y / ROW) as usize].clone()
 }
 
+/// The style of a note in place of a row's data, drawn from just right of the y axis.
+fn row_note_style() -> TextStyle<'static> {
+    text_style(15, &NOTE_COLOUR, HPos::Left, VPos::Center)
+}
+
 /// The claim-vs-measured panel: one row per form with its measured top-1 and 95% interval,
 /// the claim as a dashed vertical line; a form whose accuracy is not measurable shows so.
 pub fn claim_panel(rows: &[AccuracyRow], claim_top1: Option<f64>) -> Result<String> {
     let n = rows.len().max(1);
     let height = 110 + 56 * n as u32;
     let mut bounds: Vec<f64> = rows.iter().flat_map(|r| r.top1.map(|a| a.ci95)).flatten().collect();
-    bounds.extend(claim_top1);
+    // With nothing measured the axis spans 0-100%, so the claim does not crowd the notes.
+    if !bounds.is_empty() {
+        bounds.extend(claim_top1);
+    }
     let (x0, x1) = padded_range(&bounds, 0.0, 100.0, (0.0, 100.0));
     let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     render((CHART_WIDTH, height), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption("Claim vs measured top-1", (FONT, 20))
             .margin(12)
+            .margin_right(28)
             .x_label_area_size(44)
             .y_label_area_size(90)
             .build_cartesian_2d(x0..x1, rows_range(n))?;
@@ -162,8 +171,9 @@ pub fn claim_panel(rows: &[AccuracyRow], claim_top1: Option<f64>) -> Result<Stri
             let colour = form_colour(&row.form);
             let Some(a) = row.top1 else {
                 let text = format!("{}: not measurable ({})", row.label, row.note);
-                let style = text_style(15, &NOTE_COLOUR, HPos::Center, VPos::Center);
-                chart.draw_series([Text::new(text, ((x0 + x1) / 2.0, y), style)])?;
+                chart.draw_series([
+                    EmptyElement::at((x0, y)) + Text::new(text, (10, 0), row_note_style())
+                ])?;
                 continue;
             };
             let bar = ErrorBar::new_horizontal(
@@ -206,6 +216,7 @@ pub fn latency_distribution(rows: &[LatencyRow]) -> Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption("Latency per form: every timed run", (FONT, 20))
             .margin(12)
+            .margin_right(28)
             .x_label_area_size(44)
             .y_label_area_size(90)
             .build_cartesian_2d(x0..x1, rows_range(n))?;
@@ -226,8 +237,9 @@ pub fn latency_distribution(rows: &[LatencyRow]) -> Result<String> {
                 Some(sorted) => draw_distribution_row(&mut chart, row, &sorted, y)?,
                 None => {
                     let text = format!("{}: not measured ({})", row.label, row.note);
-                    let style = text_style(15, &NOTE_COLOUR, HPos::Center, VPos::Center);
-                    chart.draw_series([Text::new(text, ((x0 + x1) / 2.0, y), style)])?;
+                    chart.draw_series([
+                        EmptyElement::at((x0, y)) + Text::new(text, (10, 0), row_note_style())
+                    ])?;
                 }
             }
         }
@@ -293,8 +305,9 @@ pub fn tradeoff_chart(points: &[TradeoffPoint], claim_top1: Option<f64>) -> Resu
     let unplaced: Vec<&TradeoffPoint> =
         points.iter().filter(|p| p.p50_ms.is_none() || p.top1.is_none()).collect();
     let height = 460 + 22 * unplaced.len() as u32;
-    let mut xs: Vec<f64> = placed.iter().map(|(_, ms, _)| *ms).collect();
-    xs.extend(placed.iter().filter_map(|(p, _, _)| p.spread_ms.map(|s| s.1)));
+    // Latencies set the x axis even where the top-1 is missing, so the axis stays in ms.
+    let mut xs: Vec<f64> = points.iter().filter_map(|p| p.p50_ms).collect();
+    xs.extend(points.iter().filter_map(|p| p.spread_ms.map(|s| s.1)));
     // Room on the right for the last point's label.
     let x1 = padded_range(&xs, 0.0, f64::INFINITY, (0.0, 1.0)).1 * 1.08;
     let mut ys: Vec<f64> = placed.iter().flat_map(|(_, _, a)| a.ci95).collect();
