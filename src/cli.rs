@@ -52,6 +52,9 @@ pub enum Command {
     Slice(SliceArgs),
     /// Quantize a model to int8 (QDQ ONNX), calibrated on images, all in Rust.
     Quantize(QuantizeArgs),
+    /// Merge reports from several boards, forms and thread counts into one trade-off table
+    /// and chart, with the Pareto-optimal runs marked.
+    Compare(crate::compare::CompareArgs),
 }
 
 #[derive(Debug, Args)]
@@ -198,7 +201,15 @@ pub fn main_with_args() -> Result<i32> {
         Command::Verify(args) => run_verify(args, cli.quiet),
         Command::Slice(args) => run_slice(args),
         Command::Quantize(args) => run_quantize(args, cli.quiet),
+        Command::Compare(args) => run_compare(args),
     }
+}
+
+fn run_compare(args: crate::compare::CompareArgs) -> Result<i32> {
+    let comparison = crate::compare::run(&args)?;
+    print!("{}", comparison.markdown_table());
+    println!("comparison: {}", args.out.join("compare.html").display());
+    Ok(EXIT_OK)
 }
 
 fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {

@@ -5,9 +5,12 @@
 //! [`preprocess`] (Pillow-faithful tensors) → [`engine`] (tract forms) → [`metrics`] and
 //! [`latency`] → [`report`]; [`verify`] wires them, [`cli`] parses the command line.
 
+pub mod charts;
 pub mod cli;
+pub mod compare;
 pub mod dataset;
 pub mod engine;
+pub mod html;
 pub mod latency;
 pub mod metrics;
 pub mod model;

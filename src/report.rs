@@ -1,5 +1,5 @@
 //! The report: one serde structure (data first), written atomically as `report.json`, and the
-//! views rendered from it (`report.md`).
+//! views rendered from it (`report.md`; `report.html` is rendered by [`crate::html`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -159,10 +159,12 @@ pub fn prepare_output_dir(dir: &Path) -> Result<()> {
 }
 
 impl Report {
-    /// Writes `report.json` and `report.md` into `dir`; each file appears whole or not at all,
-    /// and the JSON (the data) is written last so its presence means the run completed.
+    /// Writes `report.md`, `report.html` and `report.json` into `dir`; each file appears whole
+    /// or not at all, and the JSON (the data) is written last so its presence means the run
+    /// completed.
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_atomically(&dir.join("report.md"), self.to_markdown().as_bytes())?;
+        write_atomically(&dir.join("report.html"), crate::html::render_report(self)?.as_bytes())?;
         let json = serde_json::to_string_pretty(self)?;
         write_atomically(&dir.join("report.json"), json.as_bytes())?;
         Ok(())

@@ -2,6 +2,8 @@
 //! exports, and one tolerance helper for float comparisons.
 #![allow(dead_code)]
 
+pub mod html;
+
 use std::path::{Path, PathBuf};
 
 /// The project's `../shared` folder, or `None` (with a message) where it is absent. Under CI
