@@ -134,6 +134,14 @@ pub struct QuantArgs {
     /// Quantizable op names (ONNX node names) to keep in float, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub keep_float: Vec<String>,
+    /// Rank the quantizable layers by what quantizing each alone costs, on the first N
+    /// calibration images (0: off); the ranking goes into the recipe and the report.
+    #[arg(long, default_value_t = 0)]
+    pub sensitivity: usize,
+    /// Keep the most sensitive layers in float until the top-1 drop on the sensitivity
+    /// images is at most this many points (needs --sensitivity).
+    #[arg(long)]
+    pub max_drop: Option<f64>,
 }
 
 impl QuantArgs {
@@ -146,6 +154,8 @@ impl QuantArgs {
             act_type: self.act_type,
             keep_float: self.keep_float.clone(),
             smooth_alpha: (self.smooth > 0.0).then_some(self.smooth),
+            sensitivity_images: self.sensitivity,
+            max_drop: self.max_drop,
         })
     }
 }

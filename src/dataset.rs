@@ -114,6 +114,36 @@ impl Slice {
         Ok(slice)
     }
 
+    /// Reads a calibration set: any slice form, or a plain folder of images (calibration needs
+    /// no labels; those of an unlabelled folder are recorded as 0 and never read).
+    pub fn load_for_calibration(path: &Path, classes: &[ClassName]) -> Result<Slice> {
+        let plain_folder = path.is_dir()
+            && !path.join("val.txt").is_file()
+            && load_synset_layout(path, classes).is_err();
+        if !plain_folder {
+            return Slice::load(path, None, classes);
+        }
+        let entries: Vec<SliceEntry> = list_images(path)?
+            .into_iter()
+            .map(|file| SliceEntry {
+                path: path.join(&file),
+                file,
+                label: 0,
+                expected_sha256: None,
+            })
+            .collect();
+        if entries.is_empty() {
+            bail!("calibration folder {} holds no JPEG or PNG images", path.display());
+        }
+        Ok(Slice {
+            root: path.to_path_buf(),
+            kind: "unlabelled-folder".into(),
+            labels_source: "none (calibration needs no labels)".into(),
+            entries,
+            missing: vec![],
+        })
+    }
+
     /// The slice's identity: sha256 over its `(file, label, content sha256)` list in order.
     pub fn identity(&self, content_sha256: &[Option<String>]) -> String {
         let mut h = Sha256::new();
@@ -157,7 +187,8 @@ fn list_images(dir: &Path) -> Result<Vec<String>> {
     let mut files = vec![];
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry?;
-        if entry.file_type()?.is_file() && is_image(&entry.path()) {
+        // `is_file` follows symlinks: a folder of links to images is a folder of images.
+        if entry.path().is_file() && is_image(&entry.path()) {
             files.push(entry.file_name().to_string_lossy().into_owned());
         }
     }

@@ -294,17 +294,19 @@ pub fn quantize_with_calib(
     slice_hashes: Option<&std::collections::HashSet<String>>,
     quiet: bool,
 ) -> Result<quantize::Quantized> {
-    let set = Slice::load(calib, None, &spec.classes)
+    let set = Slice::load_for_calibration(calib, &spec.classes)
         .with_context(|| format!("calibration set {}", calib.display()))?;
     let prepared: Vec<_> =
         set.entries.par_iter().map(|e| prepare_image(e, &spec.preprocess)).collect();
     let mut tensors = vec![];
+    let mut labels = vec![];
     let mut hashes = vec![];
     let mut failed: Vec<(String, String)> = set.missing.clone();
     for (entry, (sha, tensor)) in set.entries.iter().zip(prepared) {
         match tensor {
             Ok(t) => {
                 tensors.push(t);
+                labels.push(entry.label);
                 hashes.push(sha.unwrap_or_default());
             }
             Err(e) => {
@@ -323,8 +325,18 @@ pub fn quantize_with_calib(
         sha256: crate::dataset::sha256_bytes(hashes.join("\n").as_bytes()),
         image_sha256: hashes,
     };
-    let passes = if qopts.smooth_alpha.is_some() { 2 } else { 1 };
-    let bar = progress_bar((tensors.len() * passes) as u64, quiet, "calibrating");
+    let labelled = set.kind != "unlabelled-folder";
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("quantizing: {msg} ({pos} steps, {elapsed})")
+                .expect("valid template"),
+        );
+        bar
+    };
     let proto = engine::read_proto(&spec.onnx_path)?;
     let size = spec.preprocess.crop_size as usize;
     let q = quantize::quantize(
@@ -334,9 +346,13 @@ pub fn quantize_with_calib(
         size,
         model_sha256,
         &tensors,
+        labelled.then_some(labels.as_slice()),
         info,
         qopts,
-        |_| bar.inc(1),
+        |stage| {
+            bar.set_message(stage.to_string());
+            bar.inc(1)
+        },
     );
     bar.finish_and_clear();
     q

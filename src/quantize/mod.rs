@@ -5,6 +5,7 @@
 
 pub mod calibrate;
 pub mod graph;
+pub mod sensitivity;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -30,6 +31,11 @@ pub struct QuantizeOptions {
     pub keep_float: Vec<String>,
     /// SmoothQuant migration strength α for LayerNorm → MatMul pairs; `None` disables it.
     pub smooth_alpha: Option<f32>,
+    /// Per-layer sensitivity pass on this many calibration images (0: none).
+    pub sensitivity_images: usize,
+    /// Keep the most sensitive layers in float until the top-1 drop on the sensitivity
+    /// images is at most this many points (needs the sensitivity pass).
+    pub max_drop: Option<f64>,
 }
 
 /// An op left in float, and why.
@@ -69,6 +75,12 @@ pub struct Recipe {
     /// pooling) runs in float between dequantize and quantize.
     pub float_op_types: Vec<String>,
     pub calibration: CalibrationInfo,
+    /// Layers ranked by what quantizing each alone costs (most costly first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitivity: Vec<sensitivity::LayerCost>,
+    /// The automatic keep-float search, when `--max-drop` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_keep_float: Option<sensitivity::AutoKeep>,
     /// sha256 of the f32 source model.
     pub source_sha256: String,
     pub edgeverify_version: String,
@@ -90,6 +102,7 @@ pub fn quantize(
     size: usize,
     source_sha256: &str,
     calib: &[Vec<f32>],
+    calib_labels: Option<&[usize]>,
     calibration: CalibrationInfo,
     opts: &QuantizeOptions,
     mut progress: impl FnMut(&str),
@@ -131,6 +144,34 @@ pub fn quantize(
         .iter()
         .map(|(name, h)| (name.clone(), calibrate::choose(h, opts.method, opts.act_type)))
         .collect();
+    let mut keep = keep;
+    let (ranking, auto) = if opts.sensitivity_images > 0 {
+        let n = opts.sensitivity_images.min(calib.len());
+        let ctx = sensitivity::Context {
+            source: &source,
+            io,
+            path,
+            size,
+            targets: &targets,
+            activations: &activations,
+            act_type: opts.act_type,
+            images: &calib[..n],
+            labels: calib_labels.map(|l| &l[..n]),
+        };
+        let ranking = sensitivity::rank(&ctx, &keep, &mut progress)?;
+        let auto = match opts.max_drop {
+            Some(budget) => {
+                Some(sensitivity::auto_keep(&ctx, &ranking, &mut keep, budget, &mut progress)?)
+            }
+            None => None,
+        };
+        (ranking, auto)
+    } else {
+        if opts.max_drop.is_some() {
+            bail!("--max-drop needs the sensitivity pass: give --sensitivity N (images, e.g. 64)");
+        }
+        (vec![], None)
+    };
     let plan = graph::QdqPlan {
         targets: &targets,
         activations: &activations,
@@ -152,10 +193,19 @@ pub fn quantize(
         ops_kept_float: targets
             .iter()
             .filter(|t| keep.contains(&t.name))
-            .map(|t| KeptFloat { name: describe(t), reason: "--keep-float".into() })
+            .map(|t| KeptFloat {
+                name: describe(t),
+                reason: if opts.keep_float.contains(&t.name) {
+                    "--keep-float".into()
+                } else {
+                    "--max-drop: among the most sensitive layers".into()
+                },
+            })
             .collect(),
         float_op_types: float_op_types(graph),
         calibration,
+        sensitivity: ranking,
+        auto_keep_float: auto,
         source_sha256: source_sha256.into(),
         edgeverify_version: env!("CARGO_PKG_VERSION").into(),
     };
