@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::convnext::SyntheticIdentity;
 use crate::latency::{Environment, LatencyPlan, LatencyStats};
 use crate::metrics::{Accuracy, Verdict};
 use crate::model::Claim;
@@ -48,6 +49,10 @@ pub struct ModelInfo {
     pub num_classes: usize,
     pub preprocess: PreprocessSpec,
     pub claim: Option<Claim>,
+    /// Set when the weights are synthetic (built by edgeverify): then this, not the sha256
+    /// alone, is the model's identity, and no accuracy figure means anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticIdentity>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +119,8 @@ pub struct PreprocessingInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prediction {
     pub file: String,
-    pub label: usize,
+    /// Ground truth; `null` for unlabelled (synthetic) images.
+    pub label: Option<usize>,
     pub form: String,
     pub top5: Vec<usize>,
     /// The top-5 logits, same order.
@@ -198,6 +204,16 @@ impl Report {
             if let Some(v) = &f.verdict {
                 let _ = writeln!(s, "verdict ({}): {}", f.form, v.text);
             }
+            if let (None, Some(note)) = (&f.top1, &f.accuracy_note) {
+                let _ = writeln!(s, "accuracy ({}): {note}", f.form);
+            }
+        }
+        if let Some(id) = &self.model.synthetic {
+            let _ = writeln!(
+                s,
+                "model: SYNTHETIC {} (seed {}, {}); latency and memory are real, accuracy is not",
+                id.arch, id.seed, id.generator
+            );
         }
         if !self.failures.is_empty() {
             let _ =
@@ -213,6 +229,15 @@ impl Report {
         let _ = writeln!(s, "# edgeverify report: {}\n", m.name);
         let _ = writeln!(s, "Created {} by `{}`.\n", self.created, self.command.join(" "));
         let _ = writeln!(s, "## Claim vs measured\n");
+        if let Some(id) = &m.synthetic {
+            let _ = writeln!(
+                s,
+                "**Synthetic model**: the {} graph ({}) with seeded synthetic weights (seed {}, \
+                 generator `{}`). Latency, throughput and memory below are real figures for this \
+                 CPU; accuracy is not measurable and no claim is checked.\n",
+                id.arch, id.graph_of, id.seed, id.generator
+            );
+        }
         match &m.claim {
             Some(c) => {
                 let _ = writeln!(s, "Claim: **{:.1}% top-1** ({}).\n", c.top1, c.source);
