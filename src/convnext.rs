@@ -320,6 +320,18 @@ fn power_of_two(e: i32) -> f32 {
     f32::from_bits(((127 + e) as u32) << 23)
 }
 
+/// A square convolution: channels in and out, kernel side, stride, padding on every side, and
+/// groups (1, or the channel count for a depthwise one).
+#[derive(Debug, Clone, Copy)]
+struct ConvShape {
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    group: usize,
+}
+
 /// Builds the node list and initializers, naming everything as the Hugging Face export does.
 struct GraphBuilder {
     nodes: Vec<pb::NodeProto>,
@@ -374,20 +386,9 @@ impl GraphBuilder {
         self.node("Constant", name, &[], vec![attr_tensor("value", tensor)])
     }
 
-    /// Conv with bias; `group` 1 or the channel count (depthwise).
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &mut self,
-        name: &str,
-        x: &str,
-        param: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        group: usize,
-    ) -> String {
+    /// Conv with bias, weights `param.weight` `[cout, cin / group, k, k]` and `param.bias`.
+    fn conv(&mut self, name: &str, x: &str, param: &str, c: ConvShape) -> String {
+        let ConvShape { cin, cout, k, stride, pad, group } = c;
         let fan_in = cin / group * k * k;
         let w = self.weights.for_fan_in(cout * fan_in, fan_in);
         let w = self.initializer(&format!("{param}.weight"), &[cout, cin / group, k, k], w);
@@ -461,16 +462,12 @@ impl GraphBuilder {
 
     /// Patchify stem: conv 4x4/4 from 3 channels, then channels-first LayerNorm.
     fn stem(&mut self, dim: usize) -> String {
+        let patchify = ConvShape { cin: 3, cout: dim, k: 4, stride: 4, pad: 0, group: 1 };
         let x = self.conv(
             "/convnext/embeddings/patch_embeddings",
             "pixel_values",
             "convnext.embeddings.patch_embeddings",
-            3,
-            dim,
-            4,
-            4,
-            0,
-            1,
+            patchify,
         );
         self.channels_first_norm(
             "/convnext/embeddings/layernorm",
@@ -485,7 +482,8 @@ impl GraphBuilder {
         let name = format!("/convnext/encoder/stages.{stage}/downsampling_layer");
         let param = format!("convnext.encoder.stages.{stage}.downsampling_layer");
         let n = self.channels_first_norm(&format!("{name}.0"), x, &format!("{param}.0"), prev);
-        self.conv(&format!("{name}.1"), &n, &format!("{param}.1"), prev, dim, 2, 2, 0, 1)
+        let shape = ConvShape { cin: prev, cout: dim, k: 2, stride: 2, pad: 0, group: 1 };
+        self.conv(&format!("{name}.1"), &n, &format!("{param}.1"), shape)
     }
 
     /// One block: depthwise 7x7 → LayerNorm → Linear ×4 → GELU → Linear → layer scale →
@@ -496,17 +494,8 @@ impl GraphBuilder {
         let gamma = self.weights.layer_scale(dim);
         let gamma = self.initializer(&format!("{param}.layer_scale_parameter"), &[dim], gamma);
 
-        let y = self.conv(
-            &format!("{name}/dwconv"),
-            x,
-            &format!("{param}.dwconv"),
-            dim,
-            dim,
-            7,
-            1,
-            3,
-            dim,
-        );
+        let depthwise = ConvShape { cin: dim, cout: dim, k: 7, stride: 1, pad: 3, group: dim };
+        let y = self.conv(&format!("{name}/dwconv"), x, &format!("{param}.dwconv"), depthwise);
         let y = self.transpose(&format!("{name}/Transpose"), &y, [0, 2, 3, 1]);
         let y = self.layer_norm(
             &format!("{name}/layernorm"),
