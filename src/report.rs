@@ -242,9 +242,10 @@ impl Report {
             Some(c) => {
                 let _ = writeln!(s, "Claim: **{:.1}% top-1** ({}).\n", c.top1, c.source);
             }
-            None => {
+            None if m.synthetic.is_none() => {
                 let _ = writeln!(s, "No accuracy claim was given for this model.\n");
             }
+            None => {}
         }
         let _ = writeln!(
             s,

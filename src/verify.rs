@@ -265,7 +265,7 @@ fn synthetic_notes(id: &SyntheticIdentity, images: &SyntheticImages) -> Vec<Stri
         format!(
             "SYNTHETIC MODEL: the {} graph ({}) with seeded synthetic weights (seed {}, \
              generator {}); latency, throughput and memory are this CPU's real figures for \
-             this architecture; accuracy is {SYNTHETIC_ACCURACY_NOTE} (they know nothing of \
+             this architecture; accuracy is not measurable (the weights know nothing of \
              ImageNet)",
             id.arch, id.graph_of, id.seed, id.generator
         ),
