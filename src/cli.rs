@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::convnext::Arch;
 use crate::dataset::{self, Slice};
 use crate::engine::Form;
 use crate::latency::LatencyPlan;
 use crate::model;
 use crate::quantize::{ActType, CalibMethod, QuantizeOptions};
-use crate::verify::{self, VerifyOptions};
+use crate::verify::{self, Source, VerifyOptions};
 
 /// Exit code: the run completed, whatever the verdict.
 pub const EXIT_OK: i32 = 0;
@@ -61,13 +62,27 @@ pub enum Command {
 #[command(after_help = EXIT_CODES)]
 pub struct VerifyArgs {
     /// The model: a .toml description (see models/), a Hugging Face-style folder, or an .onnx
-    /// file (ImageNet-standard preprocessing is then assumed).
-    #[arg(long)]
-    pub model: PathBuf,
+    /// file (ImageNet-standard preprocessing is then assumed). Default: the real ConvNeXt-T
+    /// (models/convnext-tiny-224.toml) when models/convnext-tiny-224.onnx exists, else the
+    /// synthetic ConvNeXt-T (as --arch convnext-tiny).
+    #[arg(long, conflicts_with = "arch")]
+    pub model: Option<PathBuf>,
     /// The images: a folder with val.txt, an ImageFolder tree, a folder of
-    /// <synset>_<name>.JPEG files, or a manifest written by `edgeverify slice`.
+    /// <synset>_<name>.JPEG files, or a manifest written by `edgeverify slice`. Required with a
+    /// real model; a synthetic one runs on synthetic images.
     #[arg(long)]
-    pub slice: PathBuf,
+    pub slice: Option<PathBuf>,
+    /// Measure a ConvNeXt built by edgeverify with seeded synthetic weights, on synthetic
+    /// images: convnext-atto, -femto, -pico, -nano, -tiny, -small, -base or -large. Latency,
+    /// throughput and memory are real; accuracy is not measurable.
+    #[arg(long, value_parser = crate::convnext::arch_by_name)]
+    pub arch: Option<&'static Arch>,
+    /// Seed of the synthetic weights and images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Synthetic images run through every form (synthetic model only).
+    #[arg(long, default_value_t = 8)]
+    pub images: usize,
     /// A `<file> <class index>` label file for a folder slice (e.g. all 50,000 val labels:
     /// only the files present are evaluated).
     #[arg(long)]
@@ -75,9 +90,10 @@ pub struct VerifyArgs {
     /// Folder for report.json and report.md (created if needed).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Forms to evaluate, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "f32")]
-    pub forms: Vec<Form>,
+    /// Forms to evaluate, comma-separated (f32, int8, f16). Default: f32 for a described
+    /// model; every form for the synthetic ConvNeXt run.
+    #[arg(long, value_delimiter = ',')]
+    pub forms: Option<Vec<Form>>,
     /// Inference threads (tract's multithreaded executor); default: all logical CPUs.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -233,14 +249,17 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
     crate::engine::set_threads(threads);
-    let mut forms = args.forms.clone();
+    let source = choose_source(&args)?;
+    let mut forms = match (&args.forms, &source) {
+        (Some(forms), _) => forms.clone(),
+        (None, Source::Synthetic { .. }) => vec![Form::F32, Form::Int8, Form::F16],
+        (None, Source::Described { .. }) => vec![Form::F32],
+    };
     // f32 first: the other forms are compared with it image by image.
     forms.sort();
     forms.dedup();
     let opts = VerifyOptions {
-        model: args.model,
-        slice: args.slice,
-        labels: args.labels,
+        source,
         out: args.out,
         forms,
         threads,
@@ -265,6 +284,62 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         return Ok(EXIT_CLAIM_NOT_REPRODUCED);
     }
     Ok(EXIT_OK)
+}
+
+/// Where the real ConvNeXt-T is looked for when no --model is given (from the project root).
+pub const REAL_CONVNEXT_ONNX: &str = "models/convnext-tiny-224.onnx";
+/// Its description, the project's first claim.
+pub const REAL_CONVNEXT_DESCRIPTION: &str = "models/convnext-tiny-224.toml";
+
+/// What `verify` measures: --model, --arch, or by default the real ConvNeXt-T when its file is
+/// present, else the synthetic one (said in one line on stderr).
+fn choose_source(args: &VerifyArgs) -> Result<Source> {
+    let arch = match (&args.model, args.arch) {
+        (Some(model), _) => {
+            let why = format!("--model {}", model.display());
+            return described_source(model.clone(), args, &why);
+        }
+        (None, Some(arch)) => *arch,
+        (None, None) if std::path::Path::new(REAL_CONVNEXT_ONNX).is_file() => {
+            let why = format!("the real ConvNeXt-T found at {REAL_CONVNEXT_ONNX}");
+            return described_source(REAL_CONVNEXT_DESCRIPTION.into(), args, &why);
+        }
+        (None, None) => {
+            eprintln!(
+                "no --model and no real ConvNeXt-T at {REAL_CONVNEXT_ONNX} (export it with \
+                 models/export_convnext_onnx.py, see README): measuring the synthetic ConvNeXt-T \
+                 (seed {}) on synthetic images, accuracy not measurable",
+                args.seed
+            );
+            Arch::tiny()
+        }
+    };
+    if let Some(slice) = &args.slice {
+        bail!(
+            "--slice {}: a synthetic {} runs on synthetic images (its accuracy would mean \
+             nothing); drop --slice, or evaluate a real model with --model",
+            slice.display(),
+            arch.name
+        );
+    }
+    if args.labels.is_some() {
+        bail!("--labels goes with --slice and a real model; drop it for a synthetic run");
+    }
+    if args.images == 0 {
+        bail!("--images must be at least 1");
+    }
+    Ok(Source::Synthetic { arch, seed: args.seed, images: args.images })
+}
+
+fn described_source(model: PathBuf, args: &VerifyArgs, why: &str) -> Result<Source> {
+    let Some(slice) = args.slice.clone() else {
+        bail!(
+            "{why} needs labelled images: pass --slice (e.g. --slice \
+             ../shared/data/imagenet-val-900, or a manifest from `edgeverify slice`); \
+             without images, --arch convnext-tiny measures the synthetic ConvNeXt-T"
+        );
+    };
+    Ok(Source::Described { model, slice, labels: args.labels.clone() })
 }
 
 fn run_slice(args: SliceArgs) -> Result<i32> {

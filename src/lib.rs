@@ -4,12 +4,17 @@
 //! The pipeline, one module per stage: [`model`] (what to run) → [`dataset`] (which images) →
 //! [`preprocess`] (Pillow-faithful tensors) → [`engine`] (tract forms) → [`metrics`] and
 //! [`latency`] → [`report`]; [`verify`] wires them, [`cli`] parses the command line.
+//! Without weights or images: [`convnext`] builds the ConvNeXt family's graphs with seeded
+//! synthetic weights, [`synthetic_images`] draws seeded images, [`graph_stats`] reads a
+//! graph's ops, shapes, parameters and cost.
 
 pub mod charts;
 pub mod cli;
 pub mod compare;
+pub mod convnext;
 pub mod dataset;
 pub mod engine;
+pub mod graph_stats;
 pub mod html;
 pub mod latency;
 pub mod metrics;
@@ -17,4 +22,5 @@ pub mod model;
 pub mod preprocess;
 pub mod quantize;
 pub mod report;
+pub mod synthetic_images;
 pub mod verify;

@@ -167,12 +167,13 @@ pub struct PairedComparison {
     pub f32_right_form_wrong: usize,
     /// Images f32 classified wrong and this form right.
     pub f32_wrong_form_right: usize,
-    /// top-1 of f32 minus top-1 of this form, points (positive: this form lost accuracy).
-    pub top1_drop_points: f64,
+    /// top-1 of f32 minus top-1 of this form, points (positive: this form lost accuracy);
+    /// `null` without labels.
+    pub top1_drop_points: Option<f64>,
     /// 95% interval of the drop (Wald interval of a paired difference of proportions).
-    pub top1_drop_ci95: [f64; 2],
+    pub top1_drop_ci95: Option<[f64; 2]>,
     /// Exact two-sided McNemar p-value of the discordant pairs.
-    pub mcnemar_p: f64,
+    pub mcnemar_p: Option<f64>,
     /// Mean cosine similarity of the logit vectors.
     pub logit_cosine_mean: f64,
     /// Mean KL divergence KL(softmax f32 ‖ softmax form), nats.
@@ -185,6 +186,7 @@ pub struct PairedComparison {
 #[derive(Debug, Clone, Default)]
 pub struct PairedAccumulator {
     images: usize,
+    labelled: usize,
     agree: usize,
     b: usize,
     c: usize,
@@ -194,14 +196,18 @@ pub struct PairedAccumulator {
 }
 
 impl PairedAccumulator {
-    /// Adds one image: both forms' logits and the label.
-    pub fn add(&mut self, f32_logits: &[f32], form_logits: &[f32], label: usize) {
+    /// Adds one image: both forms' logits and the label (none for synthetic images: then only
+    /// agreement and logit fidelity count).
+    pub fn add(&mut self, f32_logits: &[f32], form_logits: &[f32], label: Option<usize>) {
         let top = |l: &[f32]| crate::engine::top_k(l, 1)[0];
         let (a, b) = (top(f32_logits), top(form_logits));
         self.images += 1;
+        self.labelled += usize::from(label.is_some());
         self.agree += usize::from(a == b);
-        self.b += usize::from(a == label && b != label);
-        self.c += usize::from(a != label && b == label);
+        if let Some(label) = label {
+            self.b += usize::from(a == label && b != label);
+            self.c += usize::from(a != label && b == label);
+        }
         self.cosine_sum += cosine(f32_logits, form_logits);
         self.kl_sum += softmax_kl(f32_logits, form_logits);
         for (x, y) in f32_logits.iter().zip(form_logits) {
@@ -214,17 +220,19 @@ impl PairedAccumulator {
             return None;
         }
         let n = self.images as f64;
-        let diff = (self.b as f64 - self.c as f64) / n;
-        let var = (self.b + self.c) as f64 / n - diff * diff;
-        let half = Z95 * (var.max(0.0) / n).sqrt();
+        let labelled = self.labelled.max(1) as f64;
+        let diff = (self.b as f64 - self.c as f64) / labelled;
+        let var = (self.b + self.c) as f64 / labelled - diff * diff;
+        let half = Z95 * (var.max(0.0) / labelled).sqrt();
+        let accuracy = self.labelled > 0;
         Some(PairedComparison {
             images: self.images,
             top1_agreement_percent: 100.0 * self.agree as f64 / n,
             f32_right_form_wrong: self.b,
             f32_wrong_form_right: self.c,
-            top1_drop_points: 100.0 * diff,
-            top1_drop_ci95: [100.0 * (diff - half), 100.0 * (diff + half)],
-            mcnemar_p: mcnemar_exact(self.b, self.c),
+            top1_drop_points: accuracy.then_some(100.0 * diff),
+            top1_drop_ci95: accuracy.then_some([100.0 * (diff - half), 100.0 * (diff + half)]),
+            mcnemar_p: accuracy.then(|| mcnemar_exact(self.b, self.c)),
             logit_cosine_mean: self.cosine_sum / n,
             softmax_kl_mean: self.kl_sum / n,
             logit_max_abs_diff: self.max_abs,
@@ -292,13 +300,13 @@ mod paired_tests {
     #[test]
     fn identical_logits_are_perfectly_faithful() {
         let mut acc = PairedAccumulator::default();
-        acc.add(&[1.0, 2.0, 0.5], &[1.0, 2.0, 0.5], 1);
-        acc.add(&[3.0, 2.0, 0.5], &[1.0, 2.0, 0.5], 0);
+        acc.add(&[1.0, 2.0, 0.5], &[1.0, 2.0, 0.5], Some(1));
+        acc.add(&[3.0, 2.0, 0.5], &[1.0, 2.0, 0.5], Some(0));
         let p = acc.finish().unwrap();
         assert_eq!(p.images, 2);
         assert_eq!(p.top1_agreement_percent, 50.0);
         assert_eq!((p.f32_right_form_wrong, p.f32_wrong_form_right), (1, 0));
-        assert!(p.top1_drop_points == 50.0);
+        assert_eq!(p.top1_drop_points, Some(50.0));
         assert!(softmax_kl(&[1.0, 2.0], &[1.0, 2.0]).abs() < 1e-12);
         assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-12);
     }

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::convnext::SyntheticIdentity;
 use crate::latency::{Environment, LatencyPlan, LatencyStats};
 use crate::metrics::{Accuracy, Verdict};
 use crate::model::Claim;
@@ -48,6 +49,10 @@ pub struct ModelInfo {
     pub num_classes: usize,
     pub preprocess: PreprocessSpec,
     pub claim: Option<Claim>,
+    /// Set when the weights are synthetic (built by edgeverify): then this, not the sha256
+    /// alone, is the model's identity, and no accuracy figure means anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticIdentity>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +125,8 @@ pub struct PreprocessingInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prediction {
     pub file: String,
-    pub label: usize,
+    /// Ground truth; `null` for unlabelled (synthetic) images.
+    pub label: Option<usize>,
     pub form: String,
     pub top5: Vec<usize>,
     /// The top-5 logits, same order.
@@ -206,6 +212,16 @@ impl Report {
             if let Some(v) = &f.verdict {
                 let _ = writeln!(s, "verdict ({}): {}", f.form, v.text);
             }
+            if let (None, Some(note)) = (&f.top1, &f.accuracy_note) {
+                let _ = writeln!(s, "accuracy ({}): {note}", f.form);
+            }
+        }
+        if let Some(id) = &self.model.synthetic {
+            let _ = writeln!(
+                s,
+                "model: SYNTHETIC {} (seed {}, {}); latency and memory are real, accuracy is not",
+                id.arch, id.seed, id.generator
+            );
         }
         if !self.failures.is_empty() {
             let _ =
@@ -221,13 +237,23 @@ impl Report {
         let _ = writeln!(s, "# edgeverify report: {}\n", m.name);
         let _ = writeln!(s, "Created {} by `{}`.\n", self.created, self.command.join(" "));
         let _ = writeln!(s, "## Claim vs measured\n");
+        if let Some(id) = &m.synthetic {
+            let _ = writeln!(
+                s,
+                "**Synthetic model**: the {} graph ({}) with seeded synthetic weights (seed {}, \
+                 generator `{}`). Latency, throughput and memory below are real figures for this \
+                 CPU; accuracy is not measurable and no claim is checked.\n",
+                id.arch, id.graph_of, id.seed, id.generator
+            );
+        }
         match &m.claim {
             Some(c) => {
                 let _ = writeln!(s, "Claim: **{:.1}% top-1** ({}).\n", c.top1, c.source);
             }
-            None => {
+            None if m.synthetic.is_none() => {
                 let _ = writeln!(s, "No accuracy claim was given for this model.\n");
             }
+            None => {}
         }
         let _ = writeln!(
             s,
@@ -258,6 +284,7 @@ impl Report {
             );
         }
         let _ = writeln!(s);
+        self.markdown_paired(&mut s);
         self.markdown_latency(&mut s);
         self.markdown_inputs(&mut s);
         if !self.notes.is_empty() {
@@ -268,6 +295,82 @@ impl Report {
             let _ = writeln!(s);
         }
         s
+    }
+
+    fn markdown_paired(&self, s: &mut String) {
+        let paired: Vec<&FormReport> = self.forms.iter().filter(|f| f.vs_f32.is_some()).collect();
+        if paired.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "## Forms compared with f32 on the same images\n");
+        let _ = writeln!(s, "| form | images | top-1 agreement % | f32 right, form wrong | f32 wrong, form right | top-1 drop, points (95% CI) | McNemar p | logit cosine | KL (nats) | max abs logit diff |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+        for f in paired {
+            let p = f.vs_f32.as_ref().expect("filtered");
+            let drop = match (p.top1_drop_points, p.top1_drop_ci95) {
+                (Some(d), Some([lo, hi])) => format!("{d:.2} ({lo:.2} to {hi:.2})"),
+                _ => "n/a (no labels)".into(),
+            };
+            let pval = p.mcnemar_p.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {:.5} | {:.5} | {:.4} |",
+                f.form,
+                p.images,
+                p.top1_agreement_percent,
+                p.f32_right_form_wrong,
+                p.f32_wrong_form_right,
+                drop,
+                pval,
+                p.logit_cosine_mean,
+                p.softmax_kl_mean,
+                p.logit_max_abs_diff
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nA paired drop is resolved only when its interval excludes 0; with few discordant \
+             images (the two middle columns) a slice this size cannot tell a small drop from none.\n"
+        );
+        for f in &self.forms {
+            if let Some(r) = &f.recipe {
+                let _ = writeln!(
+                    s,
+                    "Recipe ({}): {} calibration on {} images ({}), activations {:?}, weights {}, \
+                     {} ops quantized, {} kept in float{}; float ops: {}.\n",
+                    f.form,
+                    r.method,
+                    r.calibration.images,
+                    r.calibration.source,
+                    r.activations,
+                    r.weights,
+                    r.ops_quantized.len(),
+                    r.ops_kept_float.len(),
+                    r.smoothquant_alpha
+                        .map(|a| format!(", SmoothQuant alpha {a} on {} pairs", r.smoothed_pairs))
+                        .unwrap_or_default(),
+                    r.float_op_types.join(", ")
+                );
+                if !r.sensitivity.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "Most sensitive layers (quantized alone, on {} calibration images):\n",
+                        r.auto_keep_float
+                            .as_ref()
+                            .map(|a| a.images.to_string())
+                            .unwrap_or_else(|| "the first".into())
+                    );
+                    for l in r.sensitivity.iter().take(10) {
+                        let _ = writeln!(
+                            s,
+                            "- `{}`: KL {:.5}, top-1 changed on {:.1}%",
+                            l.name, l.softmax_kl_mean, l.top1_changed_percent
+                        );
+                    }
+                    let _ = writeln!(s);
+                }
+            }
+        }
     }
 
     fn markdown_latency(&self, s: &mut String) {

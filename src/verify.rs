@@ -1,12 +1,13 @@
 //! The `verify` pipeline: model description → slice → preprocessing (once per image, shared by
 //! every form) → evaluation per form → latency per form, apart → report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
+use crate::convnext::{self, Arch, SyntheticIdentity};
 use crate::dataset::{sha256_bytes, Slice, SliceEntry};
 use crate::engine::{self, Engine, Form, GraphIo};
 use crate::latency::{self, Environment, LatencyPlan};
@@ -18,13 +19,12 @@ use crate::report::{
     Failure, FormReport, LatencyMethod, ModelInfo, Prediction, PreprocessingInfo, Report,
     SliceInfo, Throughput,
 };
+use crate::synthetic_images::SyntheticImages;
 
 /// Everything `verify` is asked to do.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
-    pub model: PathBuf,
-    pub slice: PathBuf,
-    pub labels: Option<PathBuf>,
+    pub source: Source,
     pub out: PathBuf,
     pub forms: Vec<Form>,
     pub threads: usize,
@@ -43,6 +43,19 @@ pub struct VerifyOptions {
     /// Measure f16 latency even where the CPU has no native f16 arithmetic.
     pub f16_latency: bool,
 }
+
+/// What a run measures.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A described model (.toml, Hugging Face-style folder or .onnx) on a labelled slice.
+    Described { model: PathBuf, slice: PathBuf, labels: Option<PathBuf> },
+    /// A ConvNeXt built by edgeverify with seeded synthetic weights, run on seeded synthetic
+    /// images: latency, throughput and memory are real, accuracy is not measurable.
+    Synthetic { arch: Arch, seed: u64, images: usize },
+}
+
+/// The accuracy note of a synthetic run, in place of any figure.
+pub const SYNTHETIC_ACCURACY_NOTE: &str = "not measurable: synthetic weights";
 
 /// What a finished run hands back to the command line.
 pub struct Outcome {
@@ -65,15 +78,77 @@ struct FormRun {
     paired: PairedAccumulator,
     top1_correct: usize,
     top5_correct: usize,
+    /// Images scored against a label (synthetic images have none).
     evaluated: usize,
 }
 
+/// The images a run evaluates, in order.
+enum Images {
+    Slice(Slice),
+    Synthetic(SyntheticImages),
+}
+
+/// One image read (or generated) and preprocessed, or the reason it could not be.
+struct PreparedImage {
+    /// Its name in the report.
+    file: String,
+    /// Where it came from, for messages.
+    origin: String,
+    label: Option<usize>,
+    /// Content sha256 (of the file, or of a synthetic image's pixels), when readable.
+    sha256: Option<String>,
+    tensor: Result<Vec<f32>>,
+}
+
+impl Images {
+    /// Images the run evaluates.
+    fn len(&self) -> usize {
+        match self {
+            Images::Slice(s) => s.entries.len(),
+            Images::Synthetic(s) => s.count,
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Images::Slice(s) => s.entries.truncate(n),
+            Images::Synthetic(s) => s.count = s.count.min(n),
+        }
+    }
+
+    fn prepare(&self, index: usize, spec: &PreprocessSpec) -> PreparedImage {
+        match self {
+            Images::Slice(slice) => {
+                let e = &slice.entries[index];
+                let (sha256, tensor) = prepare_image(e, spec);
+                PreparedImage {
+                    file: e.file.clone(),
+                    origin: e.path.display().to_string(),
+                    label: Some(e.label),
+                    sha256,
+                    tensor,
+                }
+            }
+            Images::Synthetic(images) => {
+                let rgb = images.image(index);
+                PreparedImage {
+                    file: images.name(index),
+                    origin: format!("synthetic image {index} (seed {})", images.seed),
+                    label: None,
+                    sha256: Some(sha256_bytes(&rgb.data)),
+                    tensor: preprocess::to_tensor(&rgb, spec),
+                }
+            }
+        }
+    }
+}
+
 pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
-    let spec = ModelSpec::load(&opts.model)?;
+    crate::report::prepare_output_dir(&opts.out)?;
+    let (spec, synthetic) = load_model(&opts.source, &opts.out)?;
     for a in &spec.assumptions {
         log::warn!("{a}");
     }
-    crate::report::prepare_output_dir(&opts.out)?;
     let model_sha256 = spec.check_onnx_file()?;
     let proto = engine::read_proto(&spec.onnx_path)?;
     let io =
@@ -82,16 +157,19 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
     engine::check_input_dims(&io, &spec.onnx_path, size)?;
     drop(proto);
 
-    let mut slice = Slice::load(&opts.slice, opts.labels.as_deref(), &spec.classes)?;
+    let mut images = load_images(&opts.source, &spec)?;
     let mut notes = spec.assumptions.clone();
     if let Some(n) = opts.limit {
-        if n < slice.entries.len() {
+        if n < images.len() {
             notes.push(format!(
-                "--limit {n}: only the first {n} of the slice's {} images were evaluated",
-                slice.entries.len()
+                "--limit {n}: only the first {n} of the {} images were evaluated",
+                images.len()
             ));
-            slice.entries.truncate(n);
+            images.truncate(n);
         }
+    }
+    if let (Some(id), Images::Synthetic(imgs)) = (&synthetic, &images) {
+        notes.extend(synthetic_notes(id, imgs));
     }
 
     let mut runs = Vec::new();
@@ -100,7 +178,7 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
             Form::F32 => (Engine::load_f32(&spec.onnx_path, &io, 1, size)?, None, None),
             Form::F16 => (Engine::load_f16(&spec.onnx_path, &io, 1, size)?, None, None),
             Form::Int8 => {
-                let (engine, recipe, proto) = build_int8(opts, &spec, &io, &model_sha256, &slice)?;
+                let (engine, recipe, proto) = build_int8(opts, &spec, &io, &model_sha256, &images)?;
                 notes.push(format!(
                     "int8 form: {} calibration on {} images of {}, activations {:?}, {} ops \
                      quantized, {} kept in float{}",
@@ -134,12 +212,13 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
         });
     }
 
-    let eval = evaluate(&slice, &spec.preprocess, &mut runs, opts.quiet)?;
+    let eval = evaluate(&images, &spec.preprocess, &mut runs, opts.quiet)?;
     let env = Environment::detect(opts.threads);
     if env.emulated {
         notes.push("run under emulation (qemu): latency figures are not board figures".into());
     }
-    let forms = measure_forms(&mut runs, &spec, &io, &eval, opts, &slice)?;
+    let accuracy_unmeasurable = synthetic.is_some().then_some(SYNTHETIC_ACCURACY_NOTE);
+    let forms = measure_forms(&mut runs, &spec, &io, &eval, opts, accuracy_unmeasurable)?;
     let claim_not_reproduced = forms
         .iter()
         .any(|f| f.verdict.as_ref().is_some_and(|v| v.standing == ClaimStanding::AboveInterval));
@@ -159,15 +238,9 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
             num_classes: runs[0].engine.num_classes,
             preprocess: spec.preprocess.clone(),
             claim: spec.claim.clone(),
+            synthetic,
         },
-        slice: SliceInfo {
-            path: opts.slice.display().to_string(),
-            kind: slice.kind.clone(),
-            labels_source: slice.labels_source.clone(),
-            images: slice.entries.len() + slice.missing.len(),
-            sha256: slice.identity(&eval.content_sha256),
-            hashes_checked: slice.entries.iter().all(|e| e.expected_sha256.is_some()),
-        },
+        slice: slice_info(&opts.source, &images, &eval),
         forms,
         latency_method: LatencyMethod {
             plan: opts.latency.clone(),
@@ -206,11 +279,14 @@ fn build_int8(
     spec: &ModelSpec,
     io: &GraphIo,
     model_sha256: &str,
-    slice: &Slice,
+    images: &Images,
 ) -> Result<(Engine, Recipe, tract_onnx::pb::ModelProto)> {
     let size = spec.preprocess.crop_size as usize;
     let start = Instant::now();
-    let slice_hashes = content_hashes(slice);
+    let slice_hashes = match images {
+        Images::Slice(slice) => content_hashes(slice),
+        Images::Synthetic(_) => Default::default(),
+    };
     let (proto, recipe, path) = match (&opts.int8_model, &opts.calib) {
         (Some(path), _) => {
             let proto = engine::read_proto(path)?;
@@ -249,6 +325,13 @@ fn build_int8(
                 Some(&slice_hashes),
                 opts.quiet,
             )?;
+            let written = opts.out.join("model.int8.onnx");
+            crate::report::write_atomically(&written, &quantize::encode(&q.proto))?;
+            (q.proto, q.recipe, written)
+        }
+        (None, None) if matches!(images, Images::Synthetic(_)) => {
+            let Images::Synthetic(eval) = images else { unreachable!() };
+            let q = quantize_synthetic(eval, spec, io, model_sha256, &opts.quant, opts.quiet)?;
             let written = opts.out.join("model.int8.onnx");
             crate::report::write_atomically(&written, &quantize::encode(&q.proto))?;
             (q.proto, q.recipe, written)
@@ -326,6 +409,66 @@ pub fn quantize_with_calib(
         image_sha256: hashes,
     };
     let labelled = set.kind != "unlabelled-folder";
+    run_quantizer(
+        spec,
+        io,
+        model_sha256,
+        qopts,
+        &tensors,
+        labelled.then_some(&labels[..]),
+        info,
+        quiet,
+    )
+}
+
+/// Synthetic calibration images for a synthetic model: seeded apart from the evaluation
+/// images, so the two never overlap.
+const SYNTHETIC_CALIB_IMAGES: usize = 16;
+const SYNTHETIC_CALIB_SEED_OFFSET: u64 = 0xCA11_B7A7_E000_0001;
+
+fn quantize_synthetic(
+    eval: &SyntheticImages,
+    spec: &ModelSpec,
+    io: &GraphIo,
+    model_sha256: &str,
+    qopts: &QuantizeOptions,
+    quiet: bool,
+) -> Result<quantize::Quantized> {
+    let set = SyntheticImages {
+        seed: eval.seed.wrapping_add(SYNTHETIC_CALIB_SEED_OFFSET),
+        count: SYNTHETIC_CALIB_IMAGES,
+    };
+    let rgbs: Vec<_> = (0..set.count).into_par_iter().map(|i| set.image(i)).collect();
+    let hashes: Vec<String> = rgbs.iter().map(|r| sha256_bytes(&r.data)).collect();
+    let tensors = rgbs
+        .iter()
+        .map(|r| preprocess::to_tensor(r, &spec.preprocess))
+        .collect::<Result<Vec<_>>>()?;
+    let info = CalibrationInfo {
+        source: format!(
+            "synthetic images generated in memory (seed {}), not ImageNet: the scales fit \
+             synthetic inputs only",
+            set.seed
+        ),
+        images: tensors.len(),
+        failed: vec![],
+        sha256: crate::dataset::sha256_bytes(hashes.join("\n").as_bytes()),
+        image_sha256: hashes,
+    };
+    run_quantizer(spec, io, model_sha256, qopts, &tensors, None, info, quiet)
+}
+
+#[allow(clippy::too_many_arguments)] // the model (3 parts), options, the images and their facts
+fn run_quantizer(
+    spec: &ModelSpec,
+    io: &GraphIo,
+    model_sha256: &str,
+    qopts: &QuantizeOptions,
+    tensors: &[Vec<f32>],
+    labels: Option<&[usize]>,
+    info: CalibrationInfo,
+    quiet: bool,
+) -> Result<quantize::Quantized> {
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -345,8 +488,8 @@ pub fn quantize_with_calib(
         &spec.onnx_path,
         size,
         model_sha256,
-        &tensors,
-        labelled.then_some(labels.as_slice()),
+        tensors,
+        labels,
         info,
         qopts,
         |stage| {
@@ -371,12 +514,95 @@ fn check_classes(engine: &Engine, spec: &ModelSpec) -> Result<()> {
     Ok(())
 }
 
+/// The model of a run; a synthetic one is built into `out` first.
+fn load_model(source: &Source, out: &Path) -> Result<(ModelSpec, Option<SyntheticIdentity>)> {
+    match source {
+        Source::Described { model, .. } => Ok((ModelSpec::load(model)?, None)),
+        Source::Synthetic { arch, seed, .. } => {
+            let spec = convnext::write_model(arch, *seed, out)?;
+            Ok((spec, Some(SyntheticIdentity::new(arch, *seed))))
+        }
+    }
+}
+
+fn load_images(source: &Source, spec: &ModelSpec) -> Result<Images> {
+    Ok(match source {
+        Source::Described { slice, labels, .. } => {
+            Images::Slice(Slice::load(slice, labels.as_deref(), &spec.classes)?)
+        }
+        Source::Synthetic { seed, images, .. } => {
+            Images::Synthetic(SyntheticImages { seed: *seed, count: *images })
+        }
+    })
+}
+
+/// What a reader of a synthetic run's report must know.
+fn synthetic_notes(id: &SyntheticIdentity, images: &SyntheticImages) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "SYNTHETIC MODEL: the {} graph ({}) with seeded synthetic weights (seed {}, \
+             generator {}); latency, throughput and memory are this CPU's real figures for \
+             this architecture; accuracy is not measurable (the weights know nothing of \
+             ImageNet)",
+            id.arch, id.graph_of, id.seed, id.generator
+        ),
+        format!(
+            "images: {} seeded synthetic {}x{} RGB images (seed {}), preprocessed as the \
+             model's processor does; they carry no labels",
+            images.count,
+            crate::synthetic_images::WIDTH,
+            crate::synthetic_images::HEIGHT,
+            images.seed
+        ),
+    ];
+    if id.arch == Arch::tiny().name {
+        notes.push(
+            "the claim (ConvNeXt-T 82.1% top-1, arXiv 2201.03545) needs the real weights: \
+             export them with models/export_convnext_onnx.py (README, \"Getting the real \
+             ConvNeXt-T\")"
+                .into(),
+        );
+    }
+    notes
+}
+
+fn slice_info(source: &Source, images: &Images, eval: &Evaluation) -> SliceInfo {
+    match (source, images) {
+        (Source::Described { slice: path, .. }, Images::Slice(slice)) => SliceInfo {
+            path: path.display().to_string(),
+            kind: slice.kind.clone(),
+            labels_source: slice.labels_source.clone(),
+            images: slice.entries.len() + slice.missing.len(),
+            sha256: slice.identity(&eval.content_sha256),
+            hashes_checked: slice.entries.iter().all(|e| e.expected_sha256.is_some()),
+        },
+        (_, images) => SliceInfo {
+            path: "synthetic images (generated in memory)".into(),
+            kind: "synthetic".into(),
+            labels_source: "none: synthetic images have no labels".into(),
+            images: images.len(),
+            sha256: sha256_bytes(
+                eval.content_sha256
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .as_bytes(),
+            ),
+            hashes_checked: false,
+        },
+    }
+}
+
 /// What the accuracy pass produced.
 struct Evaluation {
     predictions: Vec<Prediction>,
     failures: Vec<Failure>,
     /// Content sha256 of each slice entry (None where unreadable), in slice order.
     content_sha256: Vec<Option<String>>,
+    /// Images the run was given, those absent from a slice included.
+    listed: usize,
     /// The first preprocessed image, reused as the latency input.
     latency_input: Option<(String, Vec<f32>)>,
     preprocessing: PreprocessingInfo,
@@ -404,21 +630,25 @@ fn prepare_image(e: &SliceEntry, spec: &PreprocessSpec) -> (Option<String>, Resu
 }
 
 fn evaluate(
-    slice: &Slice,
+    images: &Images,
     spec: &PreprocessSpec,
     runs: &mut [FormRun],
     quiet: bool,
 ) -> Result<Evaluation> {
-    let total = (slice.entries.len() * runs.len()) as u64;
+    let total = (images.len() * runs.len()) as u64;
     let bar = progress_bar(total, quiet, "evaluating (image-forms)");
+    let missing = match images {
+        Images::Slice(slice) => slice.missing.as_slice(),
+        Images::Synthetic(_) => &[],
+    };
     let mut eval = Evaluation {
         predictions: vec![],
-        failures: slice
-            .missing
+        failures: missing
             .iter()
             .map(|(file, reason)| Failure { file: file.clone(), reason: reason.clone() })
             .collect(),
         content_sha256: vec![],
+        listed: images.len() + missing.len(),
         latency_input: None,
         preprocessing: PreprocessingInfo {
             images: 0,
@@ -427,19 +657,21 @@ fn evaluate(
             threads: rayon::current_num_threads(),
         },
     };
-    for chunk in slice.entries.chunks(CHUNK) {
+    for start in (0..images.len()).step_by(CHUNK) {
+        let chunk = start..(start + CHUNK).min(images.len());
         let started = Instant::now();
-        let prepared: Vec<_> = chunk.par_iter().map(|e| prepare_image(e, spec)).collect();
+        let prepared: Vec<_> =
+            chunk.clone().into_par_iter().map(|i| images.prepare(i, spec)).collect();
         eval.preprocessing.seconds += started.elapsed().as_secs_f64();
         eval.preprocessing.images += chunk.len();
-        for (entry, (sha, tensor)) in chunk.iter().zip(prepared) {
-            eval.content_sha256.push(sha);
-            let tensor = match tensor {
+        for image in prepared {
+            eval.content_sha256.push(image.sha256);
+            let tensor = match image.tensor {
                 Ok(t) => t,
                 Err(err) => {
                     let reason = format!("{err:#}");
-                    bar.suspend(|| log::warn!("{}: {reason}", entry.path.display()));
-                    eval.failures.push(Failure { file: entry.file.clone(), reason });
+                    bar.suspend(|| log::warn!("{}: {reason}", image.origin));
+                    eval.failures.push(Failure { file: image.file.clone(), reason });
                     bar.inc(runs.len() as u64);
                     continue;
                 }
@@ -449,17 +681,17 @@ fn evaluate(
                 let logits = run
                     .engine
                     .run(&tensor)
-                    .with_context(|| format!("inference failed on {}", entry.path.display()))?;
-                eval.predictions.push(score(run, entry, &logits));
+                    .with_context(|| format!("inference failed on {}", image.origin))?;
+                eval.predictions.push(score(run, &image.file, image.label, &logits));
                 match (&f32_logits, run.engine.form) {
                     (None, Form::F32) => f32_logits = Some(logits),
-                    (Some(reference), _) => run.paired.add(reference, &logits, entry.label),
+                    (Some(reference), _) => run.paired.add(reference, &logits, image.label),
                     (None, _) => {}
                 }
                 bar.inc(1);
             }
             if eval.latency_input.is_none() {
-                eval.latency_input = Some((entry.file.clone(), tensor));
+                eval.latency_input = Some((image.file.clone(), tensor));
             }
         }
     }
@@ -469,18 +701,20 @@ fn evaluate(
     Ok(eval)
 }
 
-fn score(run: &mut FormRun, entry: &SliceEntry, logits: &[f32]) -> Prediction {
+fn score(run: &mut FormRun, file: &str, label: Option<usize>, logits: &[f32]) -> Prediction {
     let top5 = engine::top_k(logits, 5);
-    run.evaluated += 1;
-    if top5.first() == Some(&entry.label) {
-        run.top1_correct += 1;
-    }
-    if top5.contains(&entry.label) {
-        run.top5_correct += 1;
+    if let Some(label) = label {
+        run.evaluated += 1;
+        if top5.first() == Some(&label) {
+            run.top1_correct += 1;
+        }
+        if top5.contains(&label) {
+            run.top5_correct += 1;
+        }
     }
     Prediction {
-        file: entry.file.clone(),
-        label: entry.label,
+        file: file.to_string(),
+        label,
         form: run.engine.form.name().into(),
         top5_logits: top5.iter().map(|&i| logits[i]).collect(),
         top5,
@@ -506,20 +740,22 @@ fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Accuracy figures and latency per form, latency measured now, after the accuracy pass.
+/// `accuracy_unmeasurable` gives the reason no accuracy figure may be reported, if any.
 fn measure_forms(
     runs: &mut [FormRun],
     spec: &ModelSpec,
     io: &GraphIo,
     eval: &Evaluation,
     opts: &VerifyOptions,
-    slice: &Slice,
+    accuracy_unmeasurable: Option<&str>,
 ) -> Result<Vec<FormReport>> {
     let failed = eval.failures.len();
-    let listed = slice.entries.len() + slice.missing.len();
+    let listed = eval.listed;
+    let scored = accuracy_unmeasurable.is_none();
     let mut forms = vec![];
     for run in runs.iter() {
-        let top1 = Accuracy::new(run.top1_correct, run.evaluated);
-        let top5 = Accuracy::new(run.top5_correct, run.evaluated);
+        let top1 = Accuracy::new(run.top1_correct, run.evaluated).filter(|_| scored);
+        let top5 = Accuracy::new(run.top5_correct, run.evaluated).filter(|_| scored);
         let verdict = match (&spec.claim, &top1) {
             (Some(c), Some(a)) => Some(metrics::verdict(c.top1, a, run.engine.form.name())),
             _ => None,
@@ -538,13 +774,15 @@ fn measure_forms(
         };
         forms.push(FormReport {
             form: run.engine.form.name().into(),
-            accuracy_note: top1.is_none().then(|| "no image could be evaluated".to_string()),
+            accuracy_note: accuracy_unmeasurable
+                .map(str::to_string)
+                .or_else(|| top1.is_none().then(|| "no image could be evaluated".to_string())),
             top1,
             top5,
             top1_failures_as_wrong: Accuracy::new(run.top1_correct, run.evaluated + failed)
-                .filter(|_| failed > 0 || listed == run.evaluated),
+                .filter(|_| scored && (failed > 0 || listed == run.evaluated)),
             top5_failures_as_wrong: Accuracy::new(run.top5_correct, run.evaluated + failed)
-                .filter(|_| failed > 0 || listed == run.evaluated),
+                .filter(|_| scored && (failed > 0 || listed == run.evaluated)),
             verdict,
             latency_ms,
             latency_note,
