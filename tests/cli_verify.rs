@@ -252,3 +252,42 @@ fn bare_onnx_announces_its_assumed_preprocessing() {
         .any(|n| n.as_str().unwrap().contains("assumed")));
     assert!(report["model"]["claim"].is_null());
 }
+
+#[test]
+fn cpu_isa_cap_selects_the_avx2_kernels_on_an_avx512_host() {
+    let Some(shared) = common::shared_dir() else { return };
+    if !host_has_avx512() {
+        eprintln!("SKIPPED: this host has no AVX-512 to cap");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0.toml");
+    let slice = shared.join("data/imagenet-val-900");
+    let report = verify(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--slice",
+            slice.to_str().unwrap(),
+            "--limit",
+            "3",
+            "--cpu-isa=-avx512f,-avx512vnni",
+        ],
+        dir.path(),
+    );
+    let isa = report["environment"]["tract_isa"].as_str().unwrap();
+    assert!(isa.contains("avx2") && !isa.contains("avx512"), "{isa}");
+    assert_eq!(report["environment"]["tract_cpu_isa_override"], "-avx512f,-avx512vnni");
+    let kernels = report["forms"][0]["kernels"].as_object().unwrap();
+    assert!(!kernels.is_empty() && kernels.keys().all(|k| !k.starts_with("avx512")), "{kernels:?}");
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_has_avx512() -> bool {
+    false
+}
