@@ -84,6 +84,7 @@ pub fn render_report(report: &Report) -> Result<String> {
         escape(&report.command.join(" "))
     );
     claim_section(report, &mut body)?;
+    paired_section(report, &mut body);
     latency_section(report, &mut body)?;
     tradeoff_section(report, &mut body)?;
     inputs_section(report, &mut body);
@@ -95,6 +96,48 @@ pub fn render_report(report: &Report) -> Result<String> {
         let _ = writeln!(body, "</ul>");
     }
     Ok(page(&format!("edgeverify report: {}", report.model.name), &body))
+}
+
+/// Each form against f32 on the same images: the paired drop and logit fidelity.
+fn paired_section(report: &Report, body: &mut String) {
+    let paired: Vec<&FormReport> = report.forms.iter().filter(|f| f.vs_f32.is_some()).collect();
+    if paired.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        body,
+        "<section id=\"paired\">\n<h2>Forms compared with f32 on the same images</h2>\n<table>\n\
+         <tr><th>form</th><th>images</th><th>top-1 agreement %</th><th>f32 right, form wrong</th>\
+         <th>f32 wrong, form right</th><th>top-1 drop, points (95% CI)</th><th>McNemar p</th>\
+         <th>logit cosine</th><th>KL (nats)</th></tr>"
+    );
+    for f in paired {
+        let p = f.vs_f32.as_ref().expect("filtered");
+        let drop = match (p.top1_drop_points, p.top1_drop_ci95) {
+            (Some(d), Some([lo, hi])) => format!("{d:.2} ({lo:.2} to {hi:.2})"),
+            _ => "n/a (no labels)".into(),
+        };
+        let pval = p.mcnemar_p.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{:.5}</td><td>{:.5}</td></tr>",
+            escape(&f.form),
+            p.images,
+            p.top1_agreement_percent,
+            p.f32_right_form_wrong,
+            p.f32_wrong_form_right,
+            escape(&drop),
+            pval,
+            p.logit_cosine_mean,
+            p.softmax_kl_mean
+        );
+    }
+    let _ = writeln!(
+        body,
+        "</table>\n<p>A drop is resolved only when its interval excludes 0: with few discordant \
+         images, a slice this size cannot tell a small drop from none.</p>\n</section>"
+    );
 }
 
 fn claim_section(report: &Report, body: &mut String) -> Result<()> {

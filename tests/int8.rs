@@ -226,6 +226,10 @@ fn quantize_writes_standard_qdq_that_verify_reuses() {
     );
     let int8 = form(&report, "int8");
     assert_eq!(int8["recipe"]["calibration"]["images"], 16);
+    for view in ["report.md", "report.html"] {
+        let text = std::fs::read_to_string(dir.path().join("out").join(view)).unwrap();
+        assert!(text.contains("Forms compared with f32"), "{view} shows the paired comparison");
+    }
     assert!(int8["vs_f32"]["top1_agreement_percent"].as_f64().unwrap() >= 90.0);
 
     // The same file against another model is refused.
