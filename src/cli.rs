@@ -1,6 +1,6 @@
 //! Command-line interface: argument definitions and dispatch to the pipeline stages.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -17,6 +17,8 @@ use crate::verify::{self, Source, VerifyOptions};
 pub const EXIT_OK: i32 = 0;
 /// Exit code: an error stopped the run.
 pub const EXIT_ERROR: i32 = 1;
+/// Exit code: the command line was wrong (clap uses it too).
+pub const EXIT_USAGE: i32 = 2;
 /// Exit code: `--require-claim` was given and the measured accuracy lies below the claim's
 /// 95% interval.
 pub const EXIT_CLAIM_NOT_REPRODUCED: i32 = 3;
@@ -48,7 +50,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Evaluate a model on a labelled micro-slice, measure its latency, write a report.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Draw a reproducible micro-slice from a labelled folder and write its manifest.
     Slice(SliceArgs),
     /// Quantize a model to int8 (QDQ ONNX), calibrated on images, all in Rust.
@@ -81,13 +83,16 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Synthetic images run through every form (synthetic model only).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub images: usize,
+    /// The images' folder for a slice manifest copied away from them (overrides its `root`).
+    #[arg(long)]
+    pub slice_root: Option<PathBuf>,
     /// A `<file> <class index>` label file for a folder slice (e.g. all 50,000 val labels:
     /// only the files present are evaluated).
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Folder for report.json and report.md (created if needed).
+    /// Folder for report.json, report.md and report.html (created if needed).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Forms to evaluate, comma-separated (f32, int8, f16). Default: f32 for a described
@@ -95,26 +100,27 @@ pub struct VerifyArgs {
     #[arg(long, value_delimiter = ',')]
     pub forms: Option<Vec<Form>>,
     /// Inference threads (tract's multithreaded executor); default: all logical CPUs.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Untimed runs before the latency measurement.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
     /// Timed batch-1 runs per form.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
     pub runs: usize,
     /// Time budget of the timed runs per form, seconds (at least 3 runs are taken).
     #[arg(long, default_value_t = 60.0)]
     pub max_seconds: f64,
     /// Batch size of the throughput measurement.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub batch: usize,
     /// Evaluate only the first N images of the slice (a quick look).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Cap or force tract's instruction sets for this run, as tract's TRACT_CPU_ISA knob does
-    /// (e.g. "-avx512f,-avx512vnni" to measure the AVX2 kernels on an AVX-512 host).
-    #[arg(long)]
+    /// (e.g. --cpu-isa=-avx512f,-avx512vnni to measure the AVX2 kernels on an AVX-512 host;
+    /// write it with `=`, as the value starts with a dash).
+    #[arg(long, value_parser = isa_edits)]
     pub cpu_isa: Option<String>,
     /// Exit with code 3 when a form measures below the claim's 95% interval.
     #[arg(long)]
@@ -145,7 +151,7 @@ pub struct QuantArgs {
     pub act_type: ActType,
     /// SmoothQuant strength alpha for LayerNorm -> MatMul pairs (an exact rewrite moving
     /// activation outliers into the weights); 0 disables it.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = unit_interval)]
     pub smooth: f32,
     /// Quantizable op names (ONNX node names) to keep in float, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -156,15 +162,44 @@ pub struct QuantArgs {
     pub sensitivity: usize,
     /// Keep the most sensitive layers in float until the top-1 drop on the sensitivity
     /// images is at most this many points (needs --sensitivity).
-    #[arg(long)]
+    #[arg(long, requires = "sensitivity")]
     pub max_drop: Option<f64>,
+}
+
+/// A count that must be at least 1 (a usage error, exit 2, otherwise).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn unit_interval(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is outside [0, 1] (0 disables smoothing)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Checks a TRACT_CPU_ISA edit list (`+feature`/`-feature`, comma-separated) names only
+/// instruction sets tract knows.
+fn isa_edits(s: &str) -> std::result::Result<String, String> {
+    for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let name = token.trim_start_matches(['+', '-']);
+        if name.parse::<tract_linalg::isa::IsaSet>().is_err() {
+            return Err(format!(
+                "{name:?} is no instruction set tract knows (e.g. avx2, avx512f, avx512vnni, \
+                 fp16, dotprod)"
+            ));
+        }
+    }
+    Ok(s.to_string())
 }
 
 impl QuantArgs {
     fn options(&self) -> Result<QuantizeOptions> {
-        if !(0.0..=1.0).contains(&self.smooth) {
-            bail!("--smooth must be in [0, 1] (0 disables smoothing), got {}", self.smooth);
-        }
         Ok(QuantizeOptions {
             method: self.calib_method,
             act_type: self.act_type,
@@ -182,7 +217,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Where to write the int8 QDQ ONNX file.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "list_ops")]
     pub out: Option<PathBuf>,
     /// An evaluation slice the calibration set must not overlap (checked by content hash).
     #[arg(long)]
@@ -203,7 +238,7 @@ pub struct SliceArgs {
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Number of images to draw.
-    #[arg(long, default_value_t = 900)]
+    #[arg(long, default_value_t = 900, value_parser = at_least_one)]
     pub count: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -224,7 +259,7 @@ pub fn main_with_args() -> Result<i32> {
         .format_timestamp(None)
         .init();
     match cli.command {
-        Command::Verify(args) => run_verify(args, cli.quiet),
+        Command::Verify(args) => run_verify(*args, cli.quiet),
         Command::Slice(args) => run_slice(args),
         Command::Quantize(args) => run_quantize(args, cli.quiet),
         Command::Compare(args) => run_compare(args),
@@ -244,12 +279,14 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         std::env::set_var("TRACT_CPU_ISA", isa);
     }
     let threads = match args.threads {
-        Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
     crate::engine::set_threads(threads);
     let source = choose_source(&args)?;
+    if args.int8_model.is_some() && args.forms.as_ref().is_some_and(|f| !f.contains(&Form::Int8)) {
+        bail!("--int8-model is used by the int8 form: add int8 to --forms (e.g. --forms f32,int8)");
+    }
     let mut forms = match (&args.forms, &source) {
         (Some(forms), _) => forms.clone(),
         (None, Source::Synthetic { .. }) => vec![Form::F32, Form::Int8, Form::F16],
@@ -276,6 +313,7 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         quant: args.quant.options()?,
         int8_model: args.int8_model.clone(),
         f16_latency: args.f16_latency,
+        require_claim: args.require_claim,
     };
     let outcome = verify::run(&opts)?;
     print!("{}", outcome.report.summary_table());
@@ -339,13 +377,15 @@ fn described_source(model: PathBuf, args: &VerifyArgs, why: &str) -> Result<Sour
              without images, --arch convnext-tiny measures the synthetic ConvNeXt-T"
         );
     };
-    Ok(Source::Described { model, slice, labels: args.labels.clone() })
+    Ok(Source::Described {
+        model,
+        slice,
+        labels: args.labels.clone(),
+        slice_root: args.slice_root.clone(),
+    })
 }
 
 fn run_slice(args: SliceArgs) -> Result<i32> {
-    if args.count == 0 {
-        bail!("--count must be at least 1");
-    }
     let classes = model::imagenet_classes();
     let source = Slice::load(&args.from, args.labels.as_deref(), &classes)?;
     if !source.missing.is_empty() {
@@ -398,8 +438,12 @@ fn run_quantize(args: QuantizeArgs, quiet: bool) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     let (Some(calib), Some(out)) = (&args.quant.calib, &args.out) else {
-        bail!("quantize needs --calib FOLDER and --out FILE (or --list-ops)");
+        eprintln!("error: quantize needs --calib FOLDER and --out FILE (or --list-ops)");
+        return Ok(EXIT_USAGE);
     };
+    // Fail on an unwritable destination now, not after minutes of calibration.
+    let out_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    crate::report::prepare_output_dir(out_dir)?;
     let slice_hashes = match &args.slice {
         Some(s) => {
             let slice = Slice::load(s, None, &spec.classes)?;

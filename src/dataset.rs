@@ -80,6 +80,20 @@ impl Slice {
     /// kind. `labels` overrides the folder's own label file. Labels must be below
     /// `classes.len()`.
     pub fn load(path: &Path, labels: Option<&Path>, classes: &[ClassName]) -> Result<Slice> {
+        Slice::load_rooted(path, labels, classes, None)
+    }
+
+    /// As [`Slice::load`]; `root` overrides a manifest's image folder (for a manifest copied
+    /// away from its images, e.g. onto a board).
+    pub fn load_rooted(
+        path: &Path,
+        labels: Option<&Path>,
+        classes: &[ClassName],
+        root: Option<&Path>,
+    ) -> Result<Slice> {
+        if root.is_some() && !path.is_file() {
+            bail!("--slice-root applies to a slice manifest; {} is a folder", path.display());
+        }
         if !path.exists() {
             bail!(
                 "slice {}: no such file or folder (pass --slice a folder or manifest)",
@@ -87,7 +101,7 @@ impl Slice {
             );
         }
         let slice = if path.is_file() {
-            load_manifest(path)?
+            load_manifest(path, root)?
         } else if let Some(labels) = labels {
             load_labelled_folder(path, labels, false)?
         } else if path.join("val.txt").is_file() {
@@ -322,7 +336,7 @@ fn load_synset_layout(dir: &Path, classes: &[ClassName]) -> Result<Slice> {
     })
 }
 
-fn load_manifest(path: &Path) -> Result<Slice> {
+fn load_manifest(path: &Path, root_override: Option<&Path>) -> Result<Slice> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read slice manifest {}", path.display()))?;
     let manifest: Manifest = serde_json::from_str(&text).with_context(|| {
@@ -339,7 +353,10 @@ fn load_manifest(path: &Path) -> Result<Slice> {
             manifest.format
         );
     }
-    let root = path.parent().unwrap_or(Path::new(".")).join(&manifest.root);
+    let root = match root_override {
+        Some(r) => r.to_path_buf(),
+        None => path.parent().unwrap_or(Path::new(".")).join(&manifest.root),
+    };
     let mut entries = vec![];
     let mut missing = vec![];
     for img in manifest.images {
@@ -352,7 +369,15 @@ fn load_manifest(path: &Path) -> Result<Slice> {
                 expected_sha256: Some(img.sha256),
             });
         } else {
-            missing.push((img.file, format!("listed in manifest {} but absent", path.display())));
+            missing.push((
+                img.file,
+                format!(
+                    "listed in manifest {} but absent at {} (images moved? pass --slice-root \
+                     with their folder)",
+                    path.display(),
+                    file_path.display()
+                ),
+            ));
         }
     }
     Ok(Slice {

@@ -69,7 +69,11 @@ pub fn accuracy_text(a: Option<&Accuracy>, note: Option<&str>) -> String {
             "{:.2}% ({:.2}–{:.2}), {}/{}",
             a.percent, a.ci95[0], a.ci95[1], a.correct, a.evaluated
         ),
-        None => format!("not measurable: {}", note.unwrap_or("not measured")),
+        None => match note {
+            Some(n) if n.starts_with("not measurable") => n.to_string(),
+            Some(n) => format!("not measurable: {n}"),
+            None => "not measured".to_string(),
+        },
     }
 }
 

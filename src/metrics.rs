@@ -96,8 +96,8 @@ pub fn verdict(claim_top1: f64, measured: &Accuracy, form: &str) -> Verdict {
         ),
         ClaimStanding::BelowInterval => format!(
             "claim {claim_top1:.1}% lies {:.1} points BELOW the measured interval: \
-             {measured_text}. The model scored far above its claim here, which says this slice \
-             is easier than the full validation set (or differs from it), not that the claim is \
+             {measured_text}. The model scored above its claim here, which says this slice is \
+             easier than the full validation set (or differs from it), not that the claim is \
              confirmed",
             low - claim_top1
         ),
@@ -170,7 +170,7 @@ pub struct PairedComparison {
     /// top-1 of f32 minus top-1 of this form, points (positive: this form lost accuracy);
     /// `null` without labels.
     pub top1_drop_points: Option<f64>,
-    /// 95% interval of the drop (Wald interval of a paired difference of proportions).
+    /// 95% interval of the drop (Agresti-Min interval of a paired difference of proportions).
     pub top1_drop_ci95: Option<[f64; 2]>,
     /// Exact two-sided McNemar p-value of the discordant pairs.
     pub mcnemar_p: Option<f64>,
@@ -222,8 +222,12 @@ impl PairedAccumulator {
         let n = self.images as f64;
         let labelled = self.labelled.max(1) as f64;
         let diff = (self.b as f64 - self.c as f64) / labelled;
-        let var = (self.b + self.c) as f64 / labelled - diff * diff;
-        let half = Z95 * (var.max(0.0) / labelled).sqrt();
+        // Agresti-Min interval: half a count added to each cell of the paired 2x2 table, so
+        // that few or no discordant images still give an honest, non-zero width.
+        let (b, c, m) = (self.b as f64 + 0.5, self.c as f64 + 0.5, labelled + 2.0);
+        let adjusted = (b - c) / m;
+        let var = ((b + c) / m - adjusted * adjusted) / m;
+        let half = Z95 * var.max(0.0).sqrt();
         let accuracy = self.labelled > 0;
         Some(PairedComparison {
             images: self.images,
@@ -231,7 +235,8 @@ impl PairedAccumulator {
             f32_right_form_wrong: self.b,
             f32_wrong_form_right: self.c,
             top1_drop_points: accuracy.then_some(100.0 * diff),
-            top1_drop_ci95: accuracy.then_some([100.0 * (diff - half), 100.0 * (diff + half)]),
+            top1_drop_ci95: accuracy
+                .then_some([100.0 * (adjusted - half), 100.0 * (adjusted + half)]),
             mcnemar_p: accuracy.then(|| mcnemar_exact(self.b, self.c)),
             logit_cosine_mean: self.cosine_sum / n,
             softmax_kl_mean: self.kl_sum / n,

@@ -42,13 +42,20 @@ pub struct VerifyOptions {
     pub int8_model: Option<PathBuf>,
     /// Measure f16 latency even where the CPU has no native f16 arithmetic.
     pub f16_latency: bool,
+    /// The caller will gate on the claim: refuse a run that has none to check.
+    pub require_claim: bool,
 }
 
 /// What a run measures.
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A described model (.toml, Hugging Face-style folder or .onnx) on a labelled slice.
-    Described { model: PathBuf, slice: PathBuf, labels: Option<PathBuf> },
+    Described {
+        model: PathBuf,
+        slice: PathBuf,
+        labels: Option<PathBuf>,
+        slice_root: Option<PathBuf>,
+    },
     /// A ConvNeXt built by edgeverify with seeded synthetic weights, run on seeded synthetic
     /// images: latency, throughput and memory are real, accuracy is not measurable.
     Synthetic { arch: Arch, seed: u64, images: usize },
@@ -146,6 +153,14 @@ impl Images {
 pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
     crate::report::prepare_output_dir(&opts.out)?;
     let (spec, synthetic) = load_model(&opts.source, &opts.out)?;
+    if opts.require_claim && (spec.claim.is_none() || synthetic.is_some()) {
+        bail!(
+            "--require-claim: {} carries no accuracy claim that this run can check (a synthetic \
+             model's accuracy is not measurable; a bare .onnx has no claim: describe it in a \
+             .toml with [claim])",
+            spec.description_path.display()
+        );
+    }
     for a in &spec.assumptions {
         log::warn!("{a}");
     }
@@ -178,10 +193,12 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
             Form::F32 => (Engine::load_f32(&spec.onnx_path, &io, 1, size)?, None, None),
             Form::F16 => (Engine::load_f16(&spec.onnx_path, &io, 1, size)?, None, None),
             Form::Int8 => {
-                let (engine, recipe, proto) = build_int8(opts, &spec, &io, &model_sha256, &images)?;
+                let (engine, recipe, proto, seconds) =
+                    build_int8(opts, &spec, &io, &model_sha256, &images)?;
                 notes.push(format!(
-                    "int8 form: {} calibration on {} images of {}, activations {:?}, {} ops \
-                     quantized, {} kept in float{}",
+                    "int8 form ({} in {seconds:.1} s): {} calibration on {} images of {}, \
+                     activations {:?}, {} ops quantized, {} kept in float{}",
+                    if opts.int8_model.is_some() { "read" } else { "quantized" },
                     recipe.method,
                     recipe.calibration.images,
                     recipe.calibration.source,
@@ -260,12 +277,24 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
         notes,
     };
     report.write(&opts.out)?;
+    let evaluated = runs.iter().map(|r| r.evaluated).max().unwrap_or(0);
+    if report.model.synthetic.is_none() && evaluated == 0 {
+        bail!(
+            "no image could be evaluated: all {} failed (reasons in {} under `failures`); check \
+             the slice's paths (a moved manifest: pass --slice-root) and files",
+            report.failures.len(),
+            opts.out.join("report.json").display()
+        );
+    }
     Ok(Outcome { report, claim_not_reproduced })
 }
 
 const NO_NATIVE_F16: &str = "latency not measured: this CPU has no native f16 arithmetic, so \
      tract runs f16 on a generic fallback kernel (about 20x slower than f32, not what an f16-capable \
      board would see); pass --f16-latency to time it anyway";
+
+const F16_FALLBACK_TIMED: &str = "timed on tract's generic f16 fallback kernel (this CPU has \
+     no native f16 arithmetic, --f16-latency): far slower than an f16-capable board would be";
 
 /// Whether tract found native f16 arithmetic (aarch64 FP16, x86 AVX512-FP16).
 fn native_f16() -> bool {
@@ -280,9 +309,9 @@ fn build_int8(
     io: &GraphIo,
     model_sha256: &str,
     images: &Images,
-) -> Result<(Engine, Recipe, tract_onnx::pb::ModelProto)> {
+) -> Result<(Engine, Recipe, tract_onnx::pb::ModelProto, f64)> {
     let size = spec.preprocess.crop_size as usize;
-    let start = Instant::now();
+    let quantize_started = Instant::now();
     let slice_hashes = match images {
         Images::Slice(slice) => content_hashes(slice),
         Images::Synthetic(_) => Default::default(),
@@ -341,8 +370,10 @@ fn build_int8(
              images, never the evaluation slice) or --int8-model FILE from `edgeverify quantize`"
         ),
     };
-    let engine = Engine::from_proto(Form::Int8, &proto, io, &path, 1, size, start)?;
-    Ok((engine, recipe, proto))
+    let prepare_seconds = quantize_started.elapsed().as_secs_f64();
+    // load_ms is tract's loading alone, like the other forms'; quantizing is reported apart.
+    let engine = Engine::from_proto(Form::Int8, &proto, io, &path, 1, size, Instant::now())?;
+    Ok((engine, recipe, proto, prepare_seconds))
 }
 
 /// sha256 of every readable image of a slice.
@@ -527,9 +558,12 @@ fn load_model(source: &Source, out: &Path) -> Result<(ModelSpec, Option<Syntheti
 
 fn load_images(source: &Source, spec: &ModelSpec) -> Result<Images> {
     Ok(match source {
-        Source::Described { slice, labels, .. } => {
-            Images::Slice(Slice::load(slice, labels.as_deref(), &spec.classes)?)
-        }
+        Source::Described { slice, labels, slice_root, .. } => Images::Slice(Slice::load_rooted(
+            slice,
+            labels.as_deref(),
+            &spec.classes,
+            slice_root.as_deref(),
+        )?),
         Source::Synthetic { seed, images, .. } => {
             Images::Synthetic(SyntheticImages { seed: *seed, count: *images })
         }
@@ -641,6 +675,9 @@ fn evaluate(
         Images::Slice(slice) => slice.missing.as_slice(),
         Images::Synthetic(_) => &[],
     };
+    for (file, reason) in missing {
+        log::warn!("{file}: {reason}");
+    }
     let mut eval = Evaluation {
         predictions: vec![],
         failures: missing
@@ -756,16 +793,31 @@ fn measure_forms(
     for run in runs.iter() {
         let top1 = Accuracy::new(run.top1_correct, run.evaluated).filter(|_| scored);
         let top5 = Accuracy::new(run.top5_correct, run.evaluated).filter(|_| scored);
+        let with_failures = Accuracy::new(run.top1_correct, run.evaluated + failed);
         let verdict = match (&spec.claim, &top1) {
-            (Some(c), Some(a)) => Some(metrics::verdict(c.top1, a, run.engine.form.name())),
+            (Some(c), Some(a)) => {
+                let mut v = metrics::verdict(c.top1, a, run.engine.form.name());
+                if let Some(w) = with_failures.filter(|_| failed > 0) {
+                    if c.top1 < w.ci95[0] || c.top1 > w.ci95[1] {
+                        v.text.push_str(&format!(
+                            "; but counting the {failed} failed image(s) as wrong gives \
+                             {:.2}% ({:.2}-{:.2}), which excludes the claim",
+                            w.percent, w.ci95[0], w.ci95[1]
+                        ));
+                    }
+                }
+                Some(v)
+            }
             _ => None,
         };
         let skip_f16 = run.engine.form == Form::F16 && !native_f16() && !opts.f16_latency;
+        let fallback_f16 = run.engine.form == Form::F16 && !native_f16();
         let (latency_ms, latency_note) = match &eval.latency_input {
             Some(_) if skip_f16 => (None, Some(NO_NATIVE_F16.to_string())),
-            Some((_, input)) => {
-                (Some(latency::measure(&opts.latency, || run.engine.run(input).map(drop))?), None)
-            }
+            Some((_, input)) => (
+                Some(latency::measure(&opts.latency, || run.engine.run(input).map(drop))?),
+                fallback_f16.then(|| F16_FALLBACK_TIMED.to_string()),
+            ),
             None => (None, Some("no image could be preprocessed to time the model on".into())),
         };
         let throughput = match &eval.latency_input {

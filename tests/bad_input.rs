@@ -296,3 +296,64 @@ fn a_model_wanting_another_channel_count_is_refused() {
     assert_eq!(code, 1);
     assert!(err.contains("gray.onnx") && err.contains("1 channels"), "{err}");
 }
+
+#[test]
+fn a_run_where_no_image_could_be_evaluated_fails_after_writing_the_report() {
+    let Some(_) = common::shared_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.JPEG"), b"not an image").unwrap();
+    write_val_txt(dir.path(), &[("broken.JPEG".into(), 3), ("gone.JPEG".into(), 4)]);
+    let out = dir.path().join("out");
+    let (code, err) = run(&[
+        os("--model"),
+        repo("models/efficientnet-lite0.toml").as_os_str(),
+        os("--slice"),
+        dir.path().as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no image could be evaluated"), "{err}");
+    assert!(err.contains("gone.JPEG"), "a missing image is named on stderr: {err}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["failures"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn require_claim_refuses_a_model_without_a_claim() {
+    let Some(shared) = common::shared_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(&[
+        os("--model"),
+        shared.join("models/efficientnet-lite0.onnx").as_os_str(),
+        os("--slice"),
+        shared.join("data/imagenet-val-900").as_os_str(),
+        os("--require-claim"),
+        os("--out"),
+        dir.path().as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--require-claim") && err.contains("no accuracy claim"), "{err}");
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    for args in [
+        vec!["verify", "--threads", "0"],
+        vec!["verify", "--runs", "0"],
+        vec!["verify", "--smooth", "2"],
+        vec!["verify", "--cpu-isa=-avx9000"],
+        vec!["verify", "--max-drop", "1"],
+        vec!["quantize", "--model", "x.toml"],
+        vec!["slice", "--from", ".", "--out", "m.json", "--count", "0"],
+    ] {
+        let out = common::edgeverify().args(&args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -186,6 +186,27 @@ fn slice_manifest_round_trip_checks_hashes() {
     assert_eq!(report["slice"]["kind"], "manifest");
     assert_eq!(report["slice"]["hashes_checked"], true);
     assert_eq!(report["forms"][0]["top1"]["evaluated"], 40);
+
+    // Copied elsewhere (onto a board), the manifest finds its images through --slice-root,
+    // and proves the same slice by the same identity.
+    let moved = dir.path().join("elsewhere/deeper/slice.json");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::copy(&manifest, &moved).unwrap();
+    let moved_report = verify(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--slice",
+            moved.to_str().unwrap(),
+            "--slice-root",
+            val.to_str().unwrap(),
+            "--limit",
+            "5",
+        ],
+        &dir.path().join("out-moved"),
+    );
+    assert_eq!(moved_report["forms"][0]["top1"]["evaluated"], 5);
+    assert!(moved_report["failures"].as_array().unwrap().is_empty());
 }
 
 #[test]
