@@ -3,8 +3,10 @@
 //!
 //! The pipeline, one module per stage: [`model`] (what to run) → [`dataset`] (which images) →
 //! [`preprocess`] (Pillow-faithful tensors) → [`engine`] (tract forms) → [`metrics`] and
-//! [`latency`] → [`report`]; [`verify`] wires them, [`cli`] parses the command line.
+//! [`latency`] (with [`board`]: clocks and temperatures) → [`report`]; [`verify`] wires them,
+//! [`cli`] parses the command line.
 
+pub mod board;
 pub mod cli;
 pub mod dataset;
 pub mod engine;

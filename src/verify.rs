@@ -96,11 +96,12 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
     }
 
     let eval = evaluate(&slice, &spec.preprocess, &mut runs, opts.quiet)?;
-    let env = Environment::detect(opts.threads);
+    let mut env = Environment::detect(opts.threads);
     if env.emulated {
         notes.push("run under emulation (qemu): latency figures are not board figures".into());
     }
     let forms = measure_forms(&mut runs, &spec, &io, &eval, opts, &slice)?;
+    env.board_after_latency = Some(crate::board::BoardState::read(env.emulated));
     let claim_not_reproduced = forms
         .iter()
         .any(|f| f.verdict.as_ref().is_some_and(|v| v.standing == ClaimStanding::AboveInterval));
@@ -336,6 +337,7 @@ fn measure_forms(
             throughput,
             load_ms: run.engine.load_ms,
             kernels: run.engine.kernels.clone(),
+            kernel_families: engine::kernel_families(&run.engine.kernels),
         });
     }
     Ok(forms)
