@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cross-building edgeverify for ARM boards and running it under qemu needs, on
 # Debian or Ubuntu: the aarch64 and armv7 (hard-float) cross C compilers and C libraries
-# (cargo links with them, and mozjpeg-sys compiles libjpeg-turbo with them), qemu-user, nasm
+# (cargo links with them, and mozjpeg-sys compiles libjpeg-turbo with them), lld (the armv7
+# static link: see .cargo/config.toml), qemu-user, nasm
 # (libjpeg-turbo's SIMD on the x86 host build), and rustup's two targets for the pinned
 # toolchain. Idempotent: it installs only what is missing, so running it again is quick.
 #
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
-  libc6-dev-armhf-cross qemu-user nasm)
+  libc6-dev-armhf-cross lld qemu-user nasm)
 targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 
 missing=()
