@@ -58,8 +58,15 @@ struct Output {
     logits: Vec<f32>,
 }
 
+/// `<target dir>/tmp/arm-reference/<model>.json`. A cross build's `CARGO_TARGET_TMPDIR` is
+/// `<target dir>/<triple>/tmp`, so the ARM build climbs to the host's.
 fn reference_path(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("arm-reference").join(format!("{model}.json"))
+    let mut tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if !cfg!(target_arch = "x86_64") {
+        let target_dir = tmp.parent().and_then(Path::parent).expect("<target>/<triple>/tmp");
+        tmp = target_dir.join("tmp");
+    }
+    tmp.join("arm-reference").join(format!("{model}.json"))
 }
 
 /// Runs every form of `model` on every image of the check.
