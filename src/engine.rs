@@ -236,6 +236,20 @@ pub fn kernels_of(model: &TypedModel) -> BTreeMap<String, usize> {
     kernels
 }
 
+/// The kernel families behind kernel names, sorted: the part before `_mmm_` (`arm64simd`,
+/// `arm64fp16`, `armv7neon`, `armvfpv2`, `fma`, `avx512`, ...), which says which instruction
+/// set did the arithmetic.
+pub fn kernel_families(kernels: &BTreeMap<String, usize>) -> Vec<String> {
+    let families: std::collections::BTreeSet<&str> = kernels
+        .keys()
+        .map(|name| match name.split_once("_mmm_") {
+            Some((family, _)) => family,
+            None => name.split('_').next().unwrap_or(name),
+        })
+        .collect();
+    families.into_iter().map(String::from).collect()
+}
+
 impl Engine {
     /// Loads the f32 form of `path` for `[batch, 3, size, size]` inputs.
     pub fn load_f32(path: &Path, io: &GraphIo, batch: usize, size: usize) -> Result<Engine> {
@@ -345,6 +359,20 @@ mod tests {
     #[test]
     fn top_k_orders_best_first() {
         assert_eq!(top_k(&[0.1, 3.0, -1.0, 2.0, 3.0], 3), vec![1, 4, 3]);
+    }
+
+    #[test]
+    fn kernel_families_are_name_prefixes() {
+        let kernels: BTreeMap<String, usize> = [
+            ("arm64simd_mmm_f32_8x8_gen", 3),
+            ("arm64simd_mmm_f32_64x1_gen", 1),
+            ("arm64fp16_mmm_f16_16x8_gen", 2),
+            ("generic_f32_4x4", 1),
+        ]
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
+        assert_eq!(kernel_families(&kernels), ["arm64fp16", "arm64simd", "generic"]);
     }
 
     #[test]

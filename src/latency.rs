@@ -1,10 +1,13 @@
 //! Latency measurement, apart from the accuracy pass: warm-up, then timed batch-1 runs;
 //! percentiles and spread; plus process and machine facts the figures depend on.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+use crate::board::BoardState;
 
 /// How latency is measured (recorded in the report next to the figures).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,12 +113,37 @@ pub struct Environment {
     /// Whether the run appears to be under user-mode emulation (qemu), where latency is
     /// meaningless.
     pub emulated: bool,
+    /// The CPU qemu emulates (its `QEMU_CPU`, which scripts/qemu-run sets), under emulation.
+    #[serde(default)]
+    pub emulated_cpu: Option<String>,
+    /// The board, from the device tree (e.g. `Raspberry Pi 5 Model B Rev 1.0`), where known.
+    #[serde(default)]
+    pub board_model: Option<String>,
+    /// ARM core types from `/proc/cpuinfo`, e.g. `4 x Cortex-A72`; empty elsewhere.
+    #[serde(default)]
+    pub arm_cores: Vec<String>,
+    /// tract's CPU-detection knobs set for this run (`TRACT_CPU_*`): they override what tract
+    /// reads from `/proc/cpuinfo`, and so which kernels run.
+    #[serde(default)]
+    pub tract_knobs: BTreeMap<String, String>,
+    /// Clock, governor, temperature before the latency runs...
+    #[serde(default)]
+    pub board_before_latency: BoardState,
+    /// ...and after them (absent when the run stopped before).
+    #[serde(default)]
+    pub board_after_latency: Option<BoardState>,
 }
 
 impl Environment {
     pub fn detect(threads: usize) -> Environment {
+        let emulated = detect_emulation();
+        let emulated_cpu = std::env::var("QEMU_CPU").ok().filter(|_| emulated);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Environment {
-            cpu_model: cpu_model(),
+            cpu_model: match &emulated_cpu {
+                Some(cpu) => format!("{cpu} emulated by qemu on {}", cpu_model()),
+                None => cpu_model(),
+            },
             tract_isa: crate::engine::detected_isa(),
             tract_cpu_isa_override: std::env::var("TRACT_CPU_ISA").ok(),
             logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -124,7 +152,13 @@ impl Environment {
             arch: std::env::consts::ARCH.into(),
             tract_version: "0.23.9".into(),
             edgeverify_version: env!("CARGO_PKG_VERSION").into(),
-            emulated: detect_emulation(),
+            emulated,
+            emulated_cpu,
+            board_model: crate::board::board_model(),
+            arm_cores: crate::board::arm_cores(&cpuinfo),
+            tract_knobs: std::env::vars().filter(|(k, _)| k.starts_with("TRACT_CPU_")).collect(),
+            board_before_latency: BoardState::read(emulated),
+            board_after_latency: None,
         }
     }
 }
@@ -150,7 +184,7 @@ pub fn cpu_model() -> String {
 
 /// qemu-user shows the host's `/proc/cpuinfo`: a binary for one architecture reading another
 /// architecture's CPU description is emulated.
-fn detect_emulation() -> bool {
+pub fn detect_emulation() -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return false };
     let x86_host = info.contains("vendor_id");
     let arm_binary = cfg!(any(target_arch = "aarch64", target_arch = "arm"));

@@ -8,6 +8,9 @@
 //! synthetic weights, [`synthetic_images`] draws seeded images, [`graph_stats`] reads a
 //! graph's ops, shapes, parameters and cost.
 
+//! [`board`] records clocks and temperatures around the latency runs.
+
+pub mod board;
 pub mod charts;
 pub mod cli;
 pub mod compare;

@@ -93,6 +93,10 @@ pub struct FormReport {
     /// This form against f32 on the same images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_f32: Option<crate::metrics::PairedComparison>,
+    /// Their families (`arm64simd`, `arm64fp16`, `armv7neon`, `fma`, ...): which instruction
+    /// set did the arithmetic.
+    #[serde(default)]
+    pub kernel_families: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +211,9 @@ impl Report {
                 lat(l.map(|l| l.p90)),
                 lat(l.map(|l| l.p99))
             );
+        }
+        if self.environment.emulated {
+            let _ = writeln!(s, "emulated (qemu): the latency columns are not board figures");
         }
         for f in &self.forms {
             if let Some(v) = &f.verdict {
@@ -432,6 +439,28 @@ impl Report {
         }
         if e.emulated {
             let _ = writeln!(s, "- **Emulated** (qemu): latency figures are not board figures.");
+        }
+        if let Some(board) = &e.board_model {
+            let _ = writeln!(s, "- board: {board}");
+        }
+        if !e.arm_cores.is_empty() {
+            let _ = writeln!(s, "- cores: {}", e.arm_cores.join(", "));
+        }
+        for (knob, value) in &e.tract_knobs {
+            let _ = writeln!(s, "- tract knob `{knob}={value}`");
+        }
+        let families: Vec<String> = self
+            .forms
+            .iter()
+            .map(|f| format!("{}: {}", f.form, f.kernel_families.join("+")))
+            .collect();
+        let _ = writeln!(s, "- kernel families: {}", families.join("; "));
+        let _ = writeln!(s, "- before the latency runs: {}", e.board_before_latency.summary());
+        if let Some(after) = &e.board_after_latency {
+            let _ = writeln!(s, "- after the latency runs: {}", after.summary());
+        }
+        for why in &e.board_before_latency.unavailable {
+            let _ = writeln!(s, "- not recorded: {why}");
         }
         if let Some(rss) = lm.peak_rss_bytes {
             let _ = writeln!(s, "- peak RSS: {:.1} MiB", rss as f64 / 1048576.0);

@@ -230,12 +230,13 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
     }
 
     let eval = evaluate(&images, &spec.preprocess, &mut runs, opts.quiet)?;
-    let env = Environment::detect(opts.threads);
+    let mut env = Environment::detect(opts.threads);
     if env.emulated {
         notes.push("run under emulation (qemu): latency figures are not board figures".into());
     }
     let accuracy_unmeasurable = synthetic.is_some().then_some(SYNTHETIC_ACCURACY_NOTE);
     let forms = measure_forms(&mut runs, &spec, &io, &eval, opts, accuracy_unmeasurable)?;
+    env.board_after_latency = Some(crate::board::BoardState::read(env.emulated));
     let claim_not_reproduced = forms
         .iter()
         .any(|f| f.verdict.as_ref().is_some_and(|v| v.standing == ClaimStanding::AboveInterval));
@@ -843,6 +844,7 @@ fn measure_forms(
             kernels: run.engine.kernels.clone(),
             recipe: run.recipe.clone(),
             vs_f32: run.paired.finish(),
+            kernel_families: engine::kernel_families(&run.engine.kernels),
         });
     }
     Ok(forms)
