@@ -223,9 +223,12 @@ fn verify_report_names_kernels_and_emulation() {
     let Some(shared) = common::shared_dir() else { return };
     let out = tempfile::tempdir().unwrap();
     let opts = VerifyOptions {
-        model: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0.toml"),
-        slice: shared.join("data/imagenet-val-900"),
-        labels: None,
+        source: verify::Source::Described {
+            model: Path::new(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet-lite0.toml"),
+            slice: shared.join("data/imagenet-val-900"),
+            labels: None,
+            slice_root: None,
+        },
         out: out.path().to_path_buf(),
         forms: vec![Form::F32],
         threads: 1,
@@ -234,6 +237,18 @@ fn verify_report_names_kernels_and_emulation() {
         limit: Some(2),
         quiet: true,
         command: vec!["arm_agreement".into()],
+        calib: None,
+        quant: edgeverify::quantize::QuantizeOptions {
+            method: edgeverify::quantize::CalibMethod::Mse,
+            act_type: edgeverify::quantize::ActType::U8,
+            keep_float: vec![],
+            smooth_alpha: None,
+            sensitivity_images: 0,
+            max_drop: None,
+        },
+        int8_model: None,
+        f16_latency: false,
+        require_claim: false,
     };
     let report = verify::run(&opts).unwrap().report;
     let env = &report.environment;
