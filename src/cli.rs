@@ -126,6 +126,9 @@ pub struct VerifyArgs {
     /// Time the f16 form even where the CPU has no native f16 arithmetic (slow fallback).
     #[arg(long)]
     pub f16_latency: bool,
+    /// Profile each form per op (tract's plan, every node timed, 10 runs) into the report.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub quant: QuantArgs,
 }
@@ -276,6 +279,7 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         quant: args.quant.options()?,
         int8_model: args.int8_model.clone(),
         f16_latency: args.f16_latency,
+        profile: args.profile,
     };
     let outcome = verify::run(&opts)?;
     print!("{}", outcome.report.summary_table());

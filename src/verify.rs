@@ -42,6 +42,8 @@ pub struct VerifyOptions {
     pub int8_model: Option<PathBuf>,
     /// Measure f16 latency even where the CPU has no native f16 arithmetic.
     pub f16_latency: bool,
+    /// Profile each form per op into the report.
+    pub profile: bool,
 }
 
 /// What a run measures.
@@ -739,6 +741,9 @@ fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Timed runs of a `--profile` (after one warm-up run).
+const PROFILE_RUNS: usize = 10;
+
 /// Accuracy figures and latency per form, latency measured now, after the accuracy pass.
 /// `accuracy_unmeasurable` gives the reason no accuracy figure may be reported, if any.
 fn measure_forms(
@@ -768,6 +773,12 @@ fn measure_forms(
             }
             None => (None, Some("no image could be preprocessed to time the model on".into())),
         };
+        let profile = match &eval.latency_input {
+            Some((_, input)) if opts.profile && !skip_f16 => {
+                Some(run.engine.profile(input, PROFILE_RUNS)?)
+            }
+            _ => None,
+        };
         let throughput = match &eval.latency_input {
             Some((_, input)) if !skip_f16 => Some(throughput(run, spec, io, input, opts)?),
             _ => None,
@@ -791,6 +802,7 @@ fn measure_forms(
             kernels: run.engine.kernels.clone(),
             recipe: run.recipe.clone(),
             vs_f32: run.paired.finish(),
+            profile,
         });
     }
     Ok(forms)
