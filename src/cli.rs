@@ -132,6 +132,9 @@ pub struct VerifyArgs {
     /// Time the f16 form even where the CPU has no native f16 arithmetic (slow fallback).
     #[arg(long)]
     pub f16_latency: bool,
+    /// Profile each form per op (tract's plan, every node timed, 10 runs) into the report.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub quant: QuantArgs,
 }
@@ -314,6 +317,7 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
         int8_model: args.int8_model.clone(),
         f16_latency: args.f16_latency,
         require_claim: args.require_claim,
+        profile: args.profile,
     };
     let outcome = verify::run(&opts)?;
     print!("{}", outcome.report.summary_table());

@@ -270,6 +270,11 @@ impl Engine {
         start: Instant,
     ) -> Result<Engine> {
         let typed = typed_model(proto, io, path, batch, size)?;
+        let typed = match form {
+            Form::Int8 => crate::fastint8::into_fast(typed)
+                .with_context(|| format!("model {}: the int8 rewrite failed", path.display()))?,
+            _ => typed,
+        };
         Engine::from_typed(form, typed, path, batch, size, start)
     }
 
@@ -315,16 +320,25 @@ impl Engine {
     /// Runs a batch: `input` is `[batch, 3, size, size]` NCHW f32, flat; returns logits
     /// `[batch, num_classes]` f32, flat.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
-        let tensor = Tensor::from_shape(&self.input_shape, input)?;
-        let tensor = if self.input_dt == f32::datum_type() {
-            tensor
-        } else {
-            tensor.cast_to_dt(self.input_dt)?.into_owned()
-        };
-        let outputs = self.plan.run(tvec!(tensor.into_tvalue()))?;
+        let outputs = self.plan.run(tvec!(self.input_tensor(input)?.into_tvalue()))?;
         let logits = outputs[0].cast_to::<f32>()?;
         let view = logits.to_plain_array_view::<f32>()?;
         Ok(view.iter().copied().collect())
+    }
+
+    /// Per-op time profile over `runs` runs on `input` (`[batch, 3, size, size]` NCHW f32).
+    pub fn profile(&self, input: &[f32], runs: usize) -> Result<crate::profile::Profile> {
+        crate::profile::profile(&self.plan, self.input_tensor(input)?.into_tvalue(), runs)
+    }
+
+    /// The plan's input tensor from flat NCHW f32 values, in the datum type it wants.
+    fn input_tensor(&self, input: &[f32]) -> Result<Tensor> {
+        let tensor = Tensor::from_shape(&self.input_shape, input)?;
+        Ok(if self.input_dt == f32::datum_type() {
+            tensor
+        } else {
+            tensor.cast_to_dt(self.input_dt)?.into_owned()
+        })
     }
 }
 

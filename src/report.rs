@@ -68,6 +68,9 @@ pub struct SliceInfo {
     pub hashes_checked: bool,
 }
 
+/// Ops listed per form in report.md's profile tables (report.json has them all).
+const PROFILE_ROWS: usize = 12;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FormReport {
     pub form: String,
@@ -97,6 +100,9 @@ pub struct FormReport {
     /// set did the arithmetic.
     #[serde(default)]
     pub kernel_families: Vec<String>,
+    /// Where the time goes per op (`--profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::Profile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -426,6 +432,7 @@ impl Report {
                 }
             }
         }
+        self.markdown_profiles(s);
         let e = &self.environment;
         let _ = writeln!(s, "\n## Environment\n");
         let _ = writeln!(
@@ -466,6 +473,24 @@ impl Report {
             let _ = writeln!(s, "- peak RSS: {:.1} MiB", rss as f64 / 1048576.0);
         }
         let _ = writeln!(s);
+    }
+
+    /// The top ops of each profiled form (`--profile`).
+    fn markdown_profiles(&self, s: &mut String) {
+        for f in &self.forms {
+            let Some(p) = &f.profile else { continue };
+            let _ = writeln!(
+                s,
+                "\n### Profile: {} ({:.1} ms per run in ops, mean of {} runs)\n",
+                f.form, p.total_ms, p.runs
+            );
+            let _ = writeln!(s, "| op | nodes | ms | share |");
+            let _ = writeln!(s, "|---|---|---|---|");
+            for op in p.ops.iter().take(PROFILE_ROWS) {
+                let _ =
+                    writeln!(s, "| {} | {} | {:.2} | {:.1}% |", op.op, op.count, op.ms, op.percent);
+            }
+        }
     }
 
     fn markdown_inputs(&self, s: &mut String) {

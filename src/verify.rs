@@ -44,6 +44,8 @@ pub struct VerifyOptions {
     pub f16_latency: bool,
     /// The caller will gate on the claim: refuse a run that has none to check.
     pub require_claim: bool,
+    /// Profile each form per op into the report.
+    pub profile: bool,
 }
 
 /// What a run measures.
@@ -777,6 +779,9 @@ fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Timed runs of a `--profile` (after one warm-up run).
+const PROFILE_RUNS: usize = 10;
+
 /// Accuracy figures and latency per form, latency measured now, after the accuracy pass.
 /// `accuracy_unmeasurable` gives the reason no accuracy figure may be reported, if any.
 fn measure_forms(
@@ -821,6 +826,12 @@ fn measure_forms(
             ),
             None => (None, Some("no image could be preprocessed to time the model on".into())),
         };
+        let profile = match &eval.latency_input {
+            Some((_, input)) if opts.profile && !skip_f16 => {
+                Some(run.engine.profile(input, PROFILE_RUNS)?)
+            }
+            _ => None,
+        };
         let throughput = match &eval.latency_input {
             Some((_, input)) if !skip_f16 => Some(throughput(run, spec, io, input, opts)?),
             _ => None,
@@ -845,6 +856,7 @@ fn measure_forms(
             recipe: run.recipe.clone(),
             vs_f32: run.paired.finish(),
             kernel_families: engine::kernel_families(&run.engine.kernels),
+            profile,
         });
     }
     Ok(forms)

@@ -249,6 +249,7 @@ fn verify_report_names_kernels_and_emulation() {
         int8_model: None,
         f16_latency: false,
         require_claim: false,
+        profile: false,
     };
     let report = verify::run(&opts).unwrap().report;
     let env = &report.environment;
