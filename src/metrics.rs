@@ -182,6 +182,21 @@ pub struct PairedComparison {
     pub logit_max_abs_diff: f64,
 }
 
+impl PairedComparison {
+    /// The drop and its interval for a table cell, or why there is none.
+    pub fn drop_text(&self) -> String {
+        match (self.top1_drop_points, self.top1_drop_ci95) {
+            (Some(d), Some([lo, hi])) => format!("{d:.2} ({lo:.2} to {hi:.2})"),
+            _ => "n/a (no labels)".into(),
+        }
+    }
+
+    /// The McNemar p-value for a table cell.
+    pub fn mcnemar_text(&self) -> String {
+        self.mcnemar_p.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into())
+    }
+}
+
 /// Accumulates a paired comparison image by image.
 #[derive(Debug, Clone, Default)]
 pub struct PairedAccumulator {

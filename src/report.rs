@@ -320,11 +320,7 @@ impl Report {
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for f in paired {
             let p = f.vs_f32.as_ref().expect("filtered");
-            let drop = match (p.top1_drop_points, p.top1_drop_ci95) {
-                (Some(d), Some([lo, hi])) => format!("{d:.2} ({lo:.2} to {hi:.2})"),
-                _ => "n/a (no labels)".into(),
-            };
-            let pval = p.mcnemar_p.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+            let (drop, pval) = (p.drop_text(), p.mcnemar_text());
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.2} | {} | {} | {} | {} | {:.5} | {:.5} | {:.4} |",
