@@ -378,6 +378,8 @@ impl Comparison {
 
 /// Runs `edgeverify compare`: reads the reports, checks they compare, writes compare.md,
 /// compare.html and compare.svg into `args.out`.
+// Known shortcoming: the same report given twice is not refused; it yields duplicate rows,
+// both marked Pareto-optimal. Deduplicating by (file content, form) would lift it.
 pub fn run(args: &CompareArgs) -> Result<Comparison> {
     let runs = args
         .reports

@@ -384,6 +384,8 @@ fn content_hashes(slice: &Slice) -> std::collections::HashSet<String> {
     slice.entries.par_iter().filter_map(|e| crate::dataset::sha256_file(&e.path).ok()).collect()
 }
 
+/// Refuses calibration images that are also evaluation images. Known shortcoming: it gives the
+/// count, not the files' names (the hashes alone are at hand for an `--int8-model` recipe).
 fn check_overlap(
     calib_hashes: &[String],
     slice_hashes: &std::collections::HashSet<String>,
