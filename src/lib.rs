@@ -16,6 +16,7 @@ pub mod cli;
 pub mod compare;
 pub mod convnext;
 pub mod dataset;
+pub mod depthwise;
 pub mod engine;
 pub mod fastint8;
 pub mod graph_stats;
