@@ -72,7 +72,8 @@ pub struct Engine {
 
 /// Names of the ops edgeverify adds to tract's plans: the depthwise conv
 /// ([`crate::depthwise`]) and the int8 fast path's ([`crate::fastint8`]).
-pub const OWN_OPS: &[&str] = &["DepthwiseConvF32", "QuantizeI8", "DequantizeAcc", "FakeQuant"];
+pub const OWN_OPS: &[&str] =
+    &["DepthwiseConvF32", "LayerNormF32", "QuantizeI8", "DequantizeAcc", "FakeQuant"];
 
 /// Reads the ONNX protobuf, naming the file in the error.
 pub fn read_proto(path: &Path) -> Result<pb::ModelProto> {
@@ -284,8 +285,11 @@ impl Engine {
         };
         let depthwise = crate::depthwise::rewrite(&mut typed)
             .with_context(|| format!("model {}: the depthwise rewrite failed", path.display()))?;
+        let layer_norms = crate::layernorm::rewrite(&mut typed)
+            .with_context(|| format!("model {}: the LayerNorm rewrite failed", path.display()))?;
         log::info!(
-            "{}: {} depthwise convs on edgeverify's kernel ({} zero pads and {} clamps folded in)",
+            "{}: {} depthwise convs on edgeverify's kernel ({} zero pads and {} clamps folded \
+             in), {layer_norms} LayerNorms",
             form.name(),
             depthwise.replaced,
             depthwise.pads_absorbed,

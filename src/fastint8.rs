@@ -722,7 +722,7 @@ pub fn following_clamp(
 
 /// The values of a constant that varies only along `axis` of a rank-`rank` tensor (or is a
 /// scalar), expanded to `channels` values; `None` otherwise.
-fn per_channel_values(
+pub(crate) fn per_channel_values(
     k: &Tensor,
     rank: usize,
     axis: usize,

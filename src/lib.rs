@@ -22,6 +22,7 @@ pub mod fastint8;
 pub mod graph_stats;
 pub mod html;
 pub mod latency;
+pub mod layernorm;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
