@@ -176,10 +176,42 @@ impl DepthwiseConv {
             if sx == 1 {
                 let start = base + self.pad_before[1];
                 phases[start..start + w].copy_from_slice(row);
+            } else if sx == 2 {
+                // Split into even and odd padded columns, two at a time (vectorises).
+                let pl = self.pad_before[1];
+                let (first, rest) =
+                    if pl % 2 == 1 { (Some(row[0]), &row[1..]) } else { (None, row) };
+                let col = (pl + (pl % 2)) / 2;
+                let (even, odd) = phases[base..].split_at_mut(self.phase_len);
+                if let Some(v) = first {
+                    odd[pl / 2] = v;
+                }
+                let pairs = rest.chunks_exact(2);
+                let last = pairs.remainder().first().copied();
+                let n = rest.len() / 2;
+                for ((e, o), pair) in
+                    even[col..col + n].iter_mut().zip(&mut odd[col..col + n]).zip(pairs)
+                {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if let Some(v) = last {
+                    even[col + n] = v;
+                }
             } else {
-                for (x, &v) in row.iter().enumerate() {
-                    let px = x + self.pad_before[1];
-                    phases[base + (px % sx) * self.phase_len + px / sx] = v;
+                // Column phase p takes every sx-th input column, from the first whose padded
+                // index is p modulo sx.
+                let pl = self.pad_before[1];
+                for p in 0..sx {
+                    let x0 = (p + sx - pl % sx) % sx;
+                    if x0 >= w {
+                        continue;
+                    }
+                    let start = base + p * self.phase_len + (x0 + pl) / sx;
+                    let dst = &mut phases[start..start + (w - x0).div_ceil(sx)];
+                    for (d, v) in dst.iter_mut().zip(row[x0..].iter().step_by(sx)) {
+                        *d = *v;
+                    }
                 }
             }
         }
@@ -534,6 +566,8 @@ mod tests {
             ([1, 3, 15, 13], [5, 5], [2, 2], [1, 2], [2, 1]),
             ([1, 2, 8, 8], [3, 5], [2, 1], [0, 2], [1, 2]),
             ([1, 2, 5, 5], [5, 5], [1, 1], [0, 0], [0, 0]),
+            ([1, 3, 11, 9], [3, 3], [2, 2], [1, 1], [1, 1]),
+            ([1, 2, 10, 10], [3, 3], [3, 3], [1, 2], [1, 0]),
         ];
         for &(shape, k, s, pb, pa) in cases {
             let [n, c, h, w] = shape;
