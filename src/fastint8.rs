@@ -18,12 +18,13 @@
 //!
 //! By policy, everything else stays f32: depthwise and strided convs (the stem and
 //! downsampling convs, a few percent of ConvNeXt's FLOPs), LayerNorm, GELU; their remaining
-//! `Q → DQ` pairs become one vectorised [`FakeQuant`] pass with the same values.
+//! `Q → DQ` pairs become one vectorised [`FakeQuant`] pass with the same values. The f32 ops
+//! the int8 form keeps get the same own ops as the f32 form ([`crate::depthwise`],
+//! [`crate::layernorm`]), applied after this rewrite by the engine. A ReLU/ReLU6 after a
+//! dequantization is folded into it as a clamp.
 //!
-//! Known shortcoming: [`QuantizeI8`], [`DequantizeAcc`] and [`FakeQuant`] run on one thread,
-//! as do tract's depthwise convs, so the int8 form barely gains from a second thread
-//! (ConvNeXt-T 94.3 → 95.8 ms, 0.63x of f32 at 1 thread but 0.87x at 2). Splitting their
-//! work over tract's executor (`tract_linalg::multithread`) is what would lift it.
+//! [`QuantizeI8`], [`FakeQuant`] and [`DequantizeAcc`] split their work over tract's executor
+//! (`tract_linalg::multithread`), as tract's own element-wise ops do, so `--threads` applies.
 
 use std::sync::Arc;
 
