@@ -379,24 +379,42 @@ fn build_int8(
     Ok((engine, recipe, proto, prepare_seconds))
 }
 
-/// sha256 of every readable image of a slice.
-fn content_hashes(slice: &Slice) -> std::collections::HashSet<String> {
-    slice.entries.par_iter().filter_map(|e| crate::dataset::sha256_file(&e.path).ok()).collect()
+/// Every image of the slice by content sha256 (unreadable files left out: they fail later,
+/// by name).
+pub fn content_hashes(slice: &Slice) -> SliceHashes {
+    slice
+        .entries
+        .par_iter()
+        .filter_map(|e| Some((crate::dataset::sha256_file(&e.path).ok()?, e.file.clone())))
+        .collect()
 }
 
-/// Refuses calibration images that are also evaluation images. Known shortcoming: it gives the
-/// count, not the files' names (the hashes alone are at hand for an `--int8-model` recipe).
+/// The evaluation slice's images by content sha256: hash -> file.
+pub type SliceHashes = std::collections::HashMap<String, String>;
+
+/// Refuses calibration images that are also evaluation images, naming (up to five of) the
+/// evaluation files they duplicate.
 fn check_overlap(
     calib_hashes: &[String],
-    slice_hashes: &std::collections::HashSet<String>,
+    slice_hashes: &SliceHashes,
     calib_source: &str,
 ) -> Result<()> {
-    let shared = calib_hashes.iter().filter(|h| slice_hashes.contains(*h)).count();
-    if shared > 0 {
+    let mut shared: Vec<&str> =
+        calib_hashes.iter().filter_map(|h| slice_hashes.get(h).map(String::as_str)).collect();
+    shared.sort_unstable();
+    shared.dedup();
+    if !shared.is_empty() {
+        let named = shared.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        let more = if shared.len() > 5 {
+            format!(" and {} more", shared.len() - 5)
+        } else {
+            String::new()
+        };
         bail!(
-            "{shared} calibration image(s) of {calib_source} are also in the evaluation slice \
-             (same content sha256): calibrating on evaluation images inflates int8 accuracy; \
-             calibrate on other images (e.g. ImageNet train)"
+            "{} calibration image(s) of {calib_source} are also in the evaluation slice (same \
+             content sha256 as {named}{more}): calibrating on evaluation images inflates int8 \
+             accuracy; calibrate on other images (e.g. ImageNet train)",
+            shared.len()
         );
     }
     Ok(())
@@ -410,7 +428,7 @@ pub fn quantize_with_calib(
     io: &GraphIo,
     model_sha256: &str,
     qopts: &QuantizeOptions,
-    slice_hashes: Option<&std::collections::HashSet<String>>,
+    slice_hashes: Option<&SliceHashes>,
     quiet: bool,
 ) -> Result<quantize::Quantized> {
     let set = Slice::load_for_calibration(calib, &spec.classes)
