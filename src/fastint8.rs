@@ -179,7 +179,8 @@ impl ElementWiseMiniOp for QuantizeI8 {
 
     fn eval_out_of_place(&self, t: &Tensor, _out_dt: Option<DatumType>) -> TractResult<Tensor> {
         let xs = t.try_as_plain_ram()?.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<i8>(t.shape())?;
+        // SAFETY: the quantizer writes every element.
+        let mut out = unsafe { Tensor::uninitialized::<i8>(t.shape())? };
         let mut ram = out.try_as_plain_ram_mut()?;
         let kernel = self.0.kernel(self.0.shift());
         par_elements(ram.as_slice_mut::<i8>()?, |first, ys| {
@@ -314,7 +315,8 @@ impl EvalOp for DequantizeAcc {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = &inputs[0];
         let acc = input.try_as_plain_ram()?.as_slice::<i32>()?;
-        let mut out = Tensor::zero::<f32>(input.shape())?;
+        // SAFETY: the dequantizer writes every element.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(input.shape())? };
         let mut ram = out.try_as_plain_ram_mut()?;
         self.eval_slices(input.shape(), acc, ram.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))
