@@ -609,12 +609,39 @@ mod tests {
         assert_eq!(one, multithread_tract_scope(Executor::multithread(2), run));
     }
 
+    /// Wires a depthwise `Conv` (OIHW kernel and bias from [`values`]) onto `x`.
+    fn wire_depthwise(
+        model: &mut TypedModel,
+        x: OutletId,
+        c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        data_format: DataFormat,
+    ) -> OutletId {
+        use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+        let kernel = Tensor::from_shape(&[c, 1, k, k], &values(c * k * k, 3)).unwrap();
+        let kernel = model.add_const("k", kernel).unwrap();
+        let bias = model.add_const("b", Tensor::from_shape(&[c], &values(c, 5)).unwrap()).unwrap();
+        let spec = PoolSpec {
+            data_format,
+            kernel_shape: tvec!(k, k),
+            padding: PaddingSpec::Explicit(tvec!(pad, pad), tvec!(pad, pad)),
+            dilations: None,
+            strides: Some(tvec!(stride, stride)),
+            input_channels: c,
+            output_channels: c,
+        };
+        let conv =
+            Conv { pool_spec: spec, kernel_fmt: KernelFormat::OIHW, group: c, q_params: None };
+        model.wire_node("conv", conv, &[x, kernel, bias]).unwrap()[0]
+    }
+
     /// EfficientNet's form: batch-free CHW, an explicit zero `Pad` in front, ReLU6 after; the
     /// pad and the clamp are taken in and the result is stock tract's.
     #[test]
     fn pad_in_front_and_relu6_after_are_folded_in() {
         use tract_core::ops::binary::TypedBinOp;
-        use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
         use tract_core::ops::math::{Max, Min};
         let (c, h, w) = (6usize, 15usize, 16usize);
         let mut model = TypedModel::default();
@@ -622,25 +649,11 @@ mod tests {
         let pad =
             Pad::new(vec![(0, 0), (1, 2), (2, 1)], PadMode::Constant(Arc::new(tensor0(0f32))));
         let padded = model.wire_node("pad", pad, &[x]).unwrap();
-        let kernel = Tensor::from_shape(&[c, 1, 3, 3], &values(c * 9, 3)).unwrap();
-        let kernel = model.add_const("k", kernel).unwrap();
-        let bias = model.add_const("b", Tensor::from_shape(&[c], &values(c, 5)).unwrap()).unwrap();
-        let spec = PoolSpec {
-            data_format: DataFormat::CHW,
-            kernel_shape: tvec!(3, 3),
-            padding: PaddingSpec::Explicit(tvec!(0, 0), tvec!(0, 0)),
-            dilations: None,
-            strides: Some(tvec!(2, 2)),
-            input_channels: c,
-            output_channels: c,
-        };
-        let conv =
-            Conv { pool_spec: spec, kernel_fmt: KernelFormat::OIHW, group: c, q_params: None };
-        let y = model.wire_node("conv", conv, &[padded[0], kernel, bias]).unwrap();
+        let y = wire_depthwise(&mut model, padded[0], c, 3, 2, 0, DataFormat::CHW);
         let scalar = |v: f32| Tensor::from_shape(&[1, 1, 1], &[v]).unwrap();
         let zero = model.add_const("zero", scalar(0.0)).unwrap();
         let half = model.add_const("half", scalar(0.5)).unwrap();
-        let y = model.wire_node("relu", TypedBinOp(Box::new(Max), None), &[y[0], zero]).unwrap();
+        let y = model.wire_node("relu", TypedBinOp(Box::new(Max), None), &[y, zero]).unwrap();
         let y =
             model.wire_node("relu_half", TypedBinOp(Box::new(Min), None), &[y[0], half]).unwrap();
         model.select_output_outlets(&y).unwrap();
@@ -666,26 +679,11 @@ mod tests {
     /// The rewrite on a real depthwise conv graph computes what tract's own op does.
     #[test]
     fn rewritten_model_matches_tracts_depthwise() {
-        use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
         let (c, h, w) = (8usize, 20usize, 17usize);
         let mut model = TypedModel::default();
         let x = model.add_source("x", f32::fact([1, c, h, w])).unwrap();
-        let kernel = Tensor::from_shape(&[c, 1, 5, 5], &values(c * 25, 3)).unwrap();
-        let kernel = model.add_const("k", kernel).unwrap();
-        let bias = model.add_const("b", Tensor::from_shape(&[c], &values(c, 5)).unwrap()).unwrap();
-        let spec = PoolSpec {
-            data_format: DataFormat::NCHW,
-            kernel_shape: tvec!(5, 5),
-            padding: PaddingSpec::Explicit(tvec!(2, 2), tvec!(2, 2)),
-            dilations: None,
-            strides: Some(tvec!(2, 2)),
-            input_channels: c,
-            output_channels: c,
-        };
-        let conv =
-            Conv { pool_spec: spec, kernel_fmt: KernelFormat::OIHW, group: c, q_params: None };
-        let y = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap();
-        model.select_output_outlets(&y).unwrap();
+        let y = wire_depthwise(&mut model, x, c, 5, 2, 2, DataFormat::NCHW);
+        model.select_output_outlets(&[y]).unwrap();
         let input = Tensor::from_shape(&[1, c, h, w], &values(c * h * w, 9)).unwrap();
         let stock = model.clone().into_optimized().unwrap().into_runnable().unwrap();
         let want = stock.run(tvec!(input.clone().into_tvalue())).unwrap();
