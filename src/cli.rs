@@ -109,7 +109,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 30, value_parser = at_least_one)]
     pub runs: usize,
     /// Time budget of the timed runs per form, seconds (at least 3 runs are taken).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = seconds_budget)]
     pub max_seconds: f64,
     /// Batch size of the throughput measurement.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
@@ -174,6 +174,15 @@ fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A time budget: a positive, finite number of seconds (at most a week).
+fn seconds_budget(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 604_800.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a number of seconds in (0, 604800]")),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -435,7 +444,9 @@ fn run_quantize(args: QuantizeArgs, quiet: bool) -> Result<i32> {
         spec.output.as_deref(),
     )?;
     if args.list_ops {
-        let graph = proto.graph.as_ref().context("ONNX file has no graph")?;
+        let graph = proto.graph.as_ref().with_context(|| {
+            format!("model {} has no graph (empty or not an ONNX model)", spec.onnx_path.display())
+        })?;
         for t in crate::quantize::graph::find_targets(graph) {
             println!("{}\t{:?}", t.name, t.kind);
         }

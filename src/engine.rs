@@ -92,7 +92,13 @@ pub fn graph_io(
     input: Option<&str>,
     output: Option<&str>,
 ) -> Result<GraphIo> {
-    let graph = proto.graph.as_ref().context("ONNX file has no graph")?;
+    let graph = proto.graph.as_ref().with_context(|| {
+        format!(
+            "model {} has no graph: the file is empty or not an ONNX model; re-export it or \
+             check the path",
+            path.display()
+        )
+    })?;
     let initializers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs: Vec<&pb::ValueInfoProto> =

@@ -67,6 +67,17 @@ fn a_file_that_is_not_onnx_is_refused() {
 }
 
 #[test]
+fn an_empty_onnx_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    let (code, err) =
+        run(&[os("--model"), empty.as_os_str(), os("--slice"), dir.path().as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("empty.onnx") && err.contains("has no graph"), "{err}");
+}
+
+#[test]
 fn bad_images_are_listed_counted_and_excluded_visibly() {
     let Some(shared) = common::shared_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -345,6 +356,9 @@ fn bad_flag_values_are_usage_errors() {
         vec!["verify", "--smooth", "2"],
         vec!["verify", "--cpu-isa=-avx9000"],
         vec!["verify", "--max-drop", "1"],
+        vec!["verify", "--max-seconds=-1"],
+        vec!["verify", "--max-seconds", "nan"],
+        vec!["verify", "--max-seconds", "1e30"],
         vec!["quantize", "--model", "x.toml"],
         vec!["slice", "--from", ".", "--out", "m.json", "--count", "0"],
     ] {
