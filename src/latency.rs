@@ -161,6 +161,65 @@ pub struct Environment {
     /// ...and after them (absent when the run stopped before).
     #[serde(default)]
     pub board_after_latency: Option<BoardState>,
+    /// What other processes took of the CPUs while the latency was measured (Linux).
+    #[serde(default)]
+    pub contention: Option<Contention>,
+}
+
+/// CPU time other processes used during the latency measurement, from `/proc/stat` (all
+/// CPUs' busy time) minus `/proc/self/stat` (this process's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Contention {
+    /// Wall time of the measurement, seconds.
+    pub wall_seconds: f64,
+    /// CPU time the other processes used in it, seconds.
+    pub other_cpu_seconds: f64,
+    /// `other_cpu_seconds / (wall_seconds · logical CPUs)`: 0 on an idle machine.
+    pub other_share: f64,
+}
+
+/// A reading of the CPU counters [`Contention`] is computed from.
+pub struct CpuCounters {
+    at: Instant,
+    busy_ticks: u64,
+    own_ticks: u64,
+}
+
+impl CpuCounters {
+    /// Now, where `/proc` is readable.
+    pub fn read() -> Option<CpuCounters> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...: busy is all but idle, iowait.
+        let busy_ticks = cpu.iter().take(8).sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command: utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+        let own_ticks =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(CpuCounters { at: Instant::now(), busy_ticks, own_ticks })
+    }
+
+    /// What others used since `self`; ticks are the kernel's USER_HZ, 100 on Linux.
+    pub fn contention_since(&self, logical_cpus: usize) -> Option<Contention> {
+        let now = CpuCounters::read()?;
+        let wall_seconds = now.at.duration_since(self.at).as_secs_f64();
+        let busy = now.busy_ticks.saturating_sub(self.busy_ticks);
+        let own = now.own_ticks.saturating_sub(self.own_ticks);
+        let other_cpu_seconds = busy.saturating_sub(own) as f64 / 100.0;
+        let capacity = wall_seconds * logical_cpus.max(1) as f64;
+        (capacity > 0.0).then(|| Contention {
+            wall_seconds,
+            other_cpu_seconds,
+            other_share: (other_cpu_seconds / capacity).min(1.0),
+        })
+    }
 }
 
 impl Environment {
@@ -188,6 +247,7 @@ impl Environment {
             tract_knobs: std::env::vars().filter(|(k, _)| k.starts_with("TRACT_CPU_")).collect(),
             board_before_latency: BoardState::read(emulated),
             board_after_latency: None,
+            contention: None,
         }
     }
 }
@@ -250,6 +310,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!((calls, stats.runs), (7, 5));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn contention_is_read_from_proc_as_a_share_of_the_cpus() {
+        let before = CpuCounters::read().expect("/proc/stat and /proc/self/stat are readable");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        let c = before.contention_since(2).unwrap();
+        assert!(c.wall_seconds >= 0.05, "{c:?}");
+        assert!((0.0..=1.0).contains(&c.other_share) && c.other_cpu_seconds >= 0.0, "{c:?}");
     }
 
     #[test]

@@ -535,6 +535,16 @@ impl Report {
         if let Some(after) = &e.board_after_latency {
             let _ = writeln!(s, "- after the latency runs: {}", after.summary());
         }
+        if let Some(c) = &e.contention {
+            let _ = writeln!(
+                s,
+                "- other processes during the latency runs: {:.1} CPU-s in {:.1} s, {:.0}% of \
+                 the CPUs",
+                c.other_cpu_seconds,
+                c.wall_seconds,
+                c.other_share * 100.0
+            );
+        }
         for why in &e.board_before_latency.unavailable {
             let _ = writeln!(s, "- not recorded: {why}");
         }

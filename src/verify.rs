@@ -237,8 +237,25 @@ pub fn run(opts: &VerifyOptions) -> Result<Outcome> {
         notes.push("run under emulation (qemu): latency figures are not board figures".into());
     }
     let accuracy_unmeasurable = synthetic.is_some().then_some(SYNTHETIC_ACCURACY_NOTE);
+    let counters = latency::CpuCounters::read();
     let forms = measure_forms(&mut runs, &spec, &io, &eval, opts, accuracy_unmeasurable)?;
     env.board_after_latency = Some(crate::board::BoardState::read(env.emulated));
+    env.contention = counters.and_then(|c| c.contention_since(env.logical_cpus));
+    if let Some(c) = env.contention.as_ref().filter(|c| c.other_share > 0.1) {
+        notes.push(format!(
+            "the machine was busy: other processes used {:.0}% of the CPUs during the latency \
+             runs, so the latency figures are inflated; the ratios between forms, timed in turn, \
+             hold better than the figures",
+            c.other_share * 100.0
+        ));
+    }
+    if opts.threads > env.logical_cpus {
+        notes.push(format!(
+            "--threads {} is more than the {} logical CPUs: the threads contend for them and \
+             latency suffers",
+            opts.threads, env.logical_cpus
+        ));
+    }
     let claim_not_reproduced = forms
         .iter()
         .any(|f| f.verdict.as_ref().is_some_and(|v| v.standing == ClaimStanding::AboveInterval));
