@@ -96,7 +96,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
     /// Forms to evaluate, comma-separated (f32, int8, f16). Default: f32 for a described
-    /// model; every form for the synthetic ConvNeXt run.
+    /// model (f32 and int8 with --calib); every form for the synthetic ConvNeXt run.
     #[arg(long, value_delimiter = ',')]
     pub forms: Option<Vec<Form>>,
     /// Inference threads (tract's multithreaded executor); default: all logical CPUs.
@@ -299,9 +299,20 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
     if args.int8_model.is_some() && args.forms.as_ref().is_some_and(|f| !f.contains(&Form::Int8)) {
         bail!("--int8-model is used by the int8 form: add int8 to --forms (e.g. --forms f32,int8)");
     }
+    if args.quant.calib.is_some() && args.forms.as_ref().is_some_and(|f| !f.contains(&Form::Int8)) {
+        eprintln!(
+            "error: --calib is used by the int8 form only: add int8 to --forms (e.g. --forms \
+             f32,int8)"
+        );
+        return Ok(EXIT_USAGE);
+    }
     let mut forms = match (&args.forms, &source) {
         (Some(forms), _) => forms.clone(),
         (None, Source::Synthetic { .. }) => vec![Form::F32, Form::Int8, Form::F16],
+        // --calib asks for the int8 form.
+        (None, Source::Described { .. }) if args.quant.calib.is_some() => {
+            vec![Form::F32, Form::Int8]
+        }
         (None, Source::Described { .. }) => vec![Form::F32],
     };
     // f32 first: the other forms are compared with it image by image.
@@ -330,7 +341,22 @@ fn run_verify(args: VerifyArgs, quiet: bool) -> Result<i32> {
     };
     let outcome = verify::run(&opts)?;
     print!("{}", outcome.report.summary_table());
-    println!("report: {}", opts.out.join("report.json").display());
+    for f in &outcome.report.forms {
+        if let Some(b) = &f.stock_tract {
+            println!(
+                "{} as stock tract runs it (baseline, latency only): p50 {:.2} ms",
+                f.form, b.latency_ms.p50
+            );
+        }
+    }
+    let ratios = outcome.report.latency_ratios();
+    if !ratios.is_empty() {
+        println!("p50 ratios (forms timed in turn): {}", ratios.join("; "));
+    }
+    println!(
+        "report: {} (and report.md, report.html beside it)",
+        opts.out.join("report.json").display()
+    );
     if args.require_claim && outcome.claim_not_reproduced {
         return Ok(EXIT_CLAIM_NOT_REPRODUCED);
     }

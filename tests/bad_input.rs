@@ -357,6 +357,7 @@ fn bad_flag_values_are_usage_errors() {
         vec!["verify", "--cpu-isa=-avx9000"],
         vec!["verify", "--max-drop", "1"],
         vec!["verify", "--max-seconds=-1"],
+        vec!["verify", "--forms", "f32", "--calib", "calib"],
         vec!["verify", "--max-seconds", "nan"],
         vec!["verify", "--max-seconds", "1e30"],
         vec!["quantize", "--model", "x.toml"],
