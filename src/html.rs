@@ -118,6 +118,7 @@ fn paired_section(report: &Report, body: &mut String) {
     for f in paired {
         let p = f.vs_f32.as_ref().expect("filtered");
         let (drop, pval) = (p.drop_text(), p.mcnemar_text());
+        let [b, c] = p.discordant_text();
         let _ = writeln!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
@@ -125,8 +126,8 @@ fn paired_section(report: &Report, body: &mut String) {
             escape(&f.form),
             p.images,
             p.top1_agreement_percent,
-            p.f32_right_form_wrong,
-            p.f32_wrong_form_right,
+            b,
+            c,
             escape(&drop),
             pval,
             p.logit_cosine_mean,

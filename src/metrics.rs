@@ -191,6 +191,17 @@ impl PairedComparison {
         }
     }
 
+    /// The two discordant counts for table cells (f32 right & form wrong, the reverse), or
+    /// n/a without labels (nothing is right or wrong then).
+    pub fn discordant_text(&self) -> [String; 2] {
+        match self.top1_drop_points {
+            Some(_) => {
+                [self.f32_right_form_wrong.to_string(), self.f32_wrong_form_right.to_string()]
+            }
+            None => ["n/a".into(), "n/a".into()],
+        }
+    }
+
     /// The McNemar p-value for a table cell.
     pub fn mcnemar_text(&self) -> String {
         self.mcnemar_p.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into())

@@ -344,14 +344,15 @@ impl Report {
         for f in paired {
             let p = f.vs_f32.as_ref().expect("filtered");
             let (drop, pval) = (p.drop_text(), p.mcnemar_text());
+            let [b, c] = p.discordant_text();
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.2} | {} | {} | {} | {} | {:.5} | {:.5} | {:.4} |",
                 f.form,
                 p.images,
                 p.top1_agreement_percent,
-                p.f32_right_form_wrong,
-                p.f32_wrong_form_right,
+                b,
+                c,
                 drop,
                 pval,
                 p.logit_cosine_mean,
