@@ -176,6 +176,7 @@ pub fn read_label_file(path: &Path) -> Result<BTreeMap<String, usize>> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read label file {}", path.display()))?;
     let mut labels = BTreeMap::new();
+    let mut first_line: HashMap<String, usize> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -192,7 +193,19 @@ pub fn read_label_file(path: &Path) -> Result<BTreeMap<String, usize>> {
         let label: usize = label.parse().with_context(|| {
             format!("label file {} line {}: {label:?} is not a class index", path.display(), n + 1)
         })?;
-        labels.insert(file.to_string(), label);
+        // The same file listed twice with one label is harmless; with two, one is wrong.
+        if let Some(previous) = labels.insert(file.to_string(), label) {
+            if previous != label {
+                bail!(
+                    "label file {} line {}: {file} is labelled {label} here but {previous} on \
+                     line {}; keep one line per image",
+                    path.display(),
+                    n + 1,
+                    first_line[file]
+                );
+            }
+        }
+        first_line.entry(file.to_string()).or_insert(n + 1);
     }
     Ok(labels)
 }
@@ -533,6 +546,17 @@ mod tests {
 
     fn entry(file: &str, label: usize) -> SliceEntry {
         SliceEntry { file: file.into(), path: file.into(), label, expected_sha256: None }
+    }
+
+    #[test]
+    fn a_file_labelled_twice_differently_is_refused_with_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("val.txt");
+        std::fs::write(&path, "a.JPEG 3\nb.JPEG 4\na.JPEG 3\n").unwrap();
+        assert_eq!(read_label_file(&path).unwrap().len(), 2, "a repeated identical line is fine");
+        std::fs::write(&path, "a.JPEG 3\nb.JPEG 4\na.JPEG 5\n").unwrap();
+        let err = format!("{:#}", read_label_file(&path).unwrap_err());
+        assert!(err.contains("line 3: a.JPEG is labelled 5 here but 3 on line 1"), "{err}");
     }
 
     #[test]
