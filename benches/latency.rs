@@ -1,8 +1,10 @@
 //! Batch-1 latency of each form at 1 and 2 threads: the synthetic ConvNeXt-T (built by
 //! `edgeverify::convnext`) and EfficientNet-Lite0 (../shared, skipped where absent).
 //!
-//! Forms: f32; int8 as edgeverify runs it (the `fastint8` rewrite onto integer kernels); and
-//! `int8-qdq-stock`, the same QDQ file through stock tract, the "before" of that rewrite.
+//! Forms: f32 as edgeverify runs it (its depthwise conv op) and `f32-stock`, the same file
+//! through stock tract; int8 as edgeverify runs it (the `fastint8` rewrite onto integer
+//! kernels, the depthwise op) and `int8-qdq-stock`, the same QDQ file through stock tract, the
+//! "before" of those rewrites.
 //! The int8 models are quantized in the set-up (min-max on 4 smooth pseudo-images: the
 //! scales only need to be plausible for timing); loading and quantizing stay outside the
 //! timed closures.
@@ -58,6 +60,7 @@ fn engines(path: &Path) -> Vec<(&'static str, Engine)> {
     let stock_typed = engine::typed_model(&q.proto, &io, path, 1, SIZE).unwrap();
     vec![
         ("f32", Engine::load_f32(path, &io, 1, SIZE).unwrap()),
+        ("f32-stock", Engine::load_f32_stock(path, &io, 1, SIZE).unwrap()),
         ("int8", Engine::from_proto(Form::Int8, &q.proto, &io, path, 1, SIZE, start).unwrap()),
         (
             "int8-qdq-stock",

@@ -451,7 +451,7 @@ fn run_quantize(args: QuantizeArgs, quiet: bool) -> Result<i32> {
     let slice_hashes = match &args.slice {
         Some(s) => {
             let slice = Slice::load(s, None, &spec.classes)?;
-            Some(slice.entries.iter().filter_map(|e| dataset::sha256_file(&e.path).ok()).collect())
+            Some(verify::content_hashes(&slice))
         }
         None => None,
     };

@@ -378,9 +378,20 @@ impl Comparison {
 
 /// Runs `edgeverify compare`: reads the reports, checks they compare, writes compare.md,
 /// compare.html and compare.svg into `args.out`.
-// Known shortcoming: the same report given twice is not refused; it yields duplicate rows,
-// both marked Pareto-optimal. Deduplicating by (file content, form) would lift it.
 pub fn run(args: &CompareArgs) -> Result<Comparison> {
+    // The same run given twice would give duplicate rows, both marked Pareto-optimal.
+    let mut seen: std::collections::HashMap<String, &std::path::PathBuf> = Default::default();
+    for path in &args.reports {
+        let file = if path.is_dir() { path.join("report.json") } else { path.clone() };
+        let Ok(sha) = crate::dataset::sha256_file(&file) else { continue };
+        if let Some(first) = seen.insert(sha, path) {
+            anyhow::bail!(
+                "reports {} and {} are the same report (identical content): give each run once",
+                first.display(),
+                path.display()
+            );
+        }
+    }
     let runs = args
         .reports
         .iter()

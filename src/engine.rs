@@ -65,7 +65,15 @@ pub struct Engine {
     pub kernels: BTreeMap<String, usize>,
     /// Wall time to parse, type, optimise and plan the model, milliseconds.
     pub load_ms: f64,
+    /// edgeverify's own ops in the plan (see [`OWN_OPS`]), with how many nodes use each; empty
+    /// for a plan exactly as stock tract builds it.
+    pub own_ops: BTreeMap<String, usize>,
 }
+
+/// Names of the ops edgeverify adds to tract's plans: the depthwise conv
+/// ([`crate::depthwise`]) and the int8 fast path's ([`crate::fastint8`]).
+pub const OWN_OPS: &[&str] =
+    &["DepthwiseConvF32", "LayerNormF32", "QuantizeI8", "DequantizeAcc", "FakeQuant"];
 
 /// Reads the ONNX protobuf, naming the file in the error.
 pub fn read_proto(path: &Path) -> Result<pb::ModelProto> {
@@ -270,12 +278,33 @@ impl Engine {
         start: Instant,
     ) -> Result<Engine> {
         let typed = typed_model(proto, io, path, batch, size)?;
-        let typed = match form {
+        let mut typed = match form {
             Form::Int8 => crate::fastint8::into_fast(typed)
                 .with_context(|| format!("model {}: the int8 rewrite failed", path.display()))?,
-            _ => typed,
+            _ => typed.into_decluttered()?,
         };
+        let depthwise = crate::depthwise::rewrite(&mut typed)
+            .with_context(|| format!("model {}: the depthwise rewrite failed", path.display()))?;
+        let layer_norms = crate::layernorm::rewrite(&mut typed)
+            .with_context(|| format!("model {}: the LayerNorm rewrite failed", path.display()))?;
+        log::info!(
+            "{}: {} depthwise convs on edgeverify's kernel ({} zero pads and {} clamps folded \
+             in), {layer_norms} LayerNorms",
+            form.name(),
+            depthwise.replaced,
+            depthwise.pads_absorbed,
+            depthwise.clamps_folded
+        );
         Engine::from_typed(form, typed, path, batch, size, start)
+    }
+
+    /// The f32 form exactly as stock tract runs it (no edgeverify op): the baseline the f32
+    /// form's own kernels are measured against.
+    pub fn load_f32_stock(path: &Path, io: &GraphIo, batch: usize, size: usize) -> Result<Engine> {
+        let start = Instant::now();
+        let proto = read_proto(path)?;
+        let typed = typed_model(&proto, io, path, batch, size)?;
+        Engine::from_typed(Form::F32, typed, path, batch, size, start)
     }
 
     /// The f16 form: the f32 model through tract's `f32_to_f16` transform (inputs and outputs
@@ -290,7 +319,8 @@ impl Engine {
         Engine::from_typed(Form::F16, typed, path, batch, size, start)
     }
 
-    /// Optimises and plans a typed model; `start` is when loading began (for `load_ms`).
+    /// Optimises and plans a typed model as stock tract does (no edgeverify rewrite); `start`
+    /// is when loading began (for `load_ms`).
     pub fn from_typed(
         form: Form,
         typed: TypedModel,
@@ -305,6 +335,13 @@ impl Engine {
             .into_optimized()
             .with_context(|| format!("model {}: tract failed to optimise it", path.display()))?;
         let kernels = kernels_of(&optimized);
+        let mut own_ops = BTreeMap::new();
+        for node in optimized.nodes() {
+            let name = node.op().name();
+            if OWN_OPS.contains(&name.as_ref()) {
+                *own_ops.entry(name.to_string()).or_insert(0) += 1;
+            }
+        }
         let plan = optimized.into_runnable()?;
         Ok(Engine {
             form,
@@ -314,6 +351,7 @@ impl Engine {
             num_classes,
             kernels,
             load_ms: start.elapsed().as_secs_f64() * 1e3,
+            own_ops,
         })
     }
 

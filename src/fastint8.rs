@@ -18,12 +18,13 @@
 //!
 //! By policy, everything else stays f32: depthwise and strided convs (the stem and
 //! downsampling convs, a few percent of ConvNeXt's FLOPs), LayerNorm, GELU; their remaining
-//! `Q → DQ` pairs become one vectorised [`FakeQuant`] pass with the same values.
+//! `Q → DQ` pairs become one vectorised [`FakeQuant`] pass with the same values. The f32 ops
+//! the int8 form keeps get the same own ops as the f32 form ([`crate::depthwise`],
+//! [`crate::layernorm`]), applied after this rewrite by the engine. A ReLU/ReLU6 after a
+//! dequantization is folded into it as a clamp.
 //!
-//! Known shortcoming: [`QuantizeI8`], [`DequantizeAcc`] and [`FakeQuant`] run on one thread,
-//! as do tract's depthwise convs, so the int8 form barely gains from a second thread
-//! (ConvNeXt-T 94.3 → 95.8 ms, 0.63x of f32 at 1 thread but 0.87x at 2). Splitting their
-//! work over tract's executor (`tract_linalg::multithread`) is what would lift it.
+//! [`QuantizeI8`], [`FakeQuant`] and [`DequantizeAcc`] split their work over tract's executor
+//! (`tract_linalg::multithread`), as tract's own element-wise ops do, so `--threads` applies.
 
 use std::sync::Arc;
 
@@ -149,6 +150,19 @@ impl QuantKernel {
 
 impl Eq for ActQuant {}
 
+/// Runs `f(first, part)` on disjoint runs of `out` covering it, `first` the index of the run's
+/// first element, over tract's executor (`--threads`) when `out` is long enough to pay.
+fn par_elements<T: Send>(
+    out: &mut [T],
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) -> TractResult<()> {
+    let len = out.len();
+    tract_linalg::multithread::par_chunks_mut(out, 1, len, |first, part| {
+        f(first, part);
+        Ok(())
+    })
+}
+
 /// f32 → i8: the activation quantizer, `clamp(round(x / s) + zp, qmin, qmax) - shift`
 /// (shift 128 for u8 activations, 0 for i8). Same shape, i8.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +181,10 @@ impl ElementWiseMiniOp for QuantizeI8 {
         let xs = t.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut out = Tensor::zero::<i8>(t.shape())?;
         let mut ram = out.try_as_plain_ram_mut()?;
-        self.0.kernel(self.0.shift()).quantize(xs, ram.as_slice_mut::<i8>()?);
+        let kernel = self.0.kernel(self.0.shift());
+        par_elements(ram.as_slice_mut::<i8>()?, |first, ys| {
+            kernel.quantize(&xs[first..first + ys.len()], ys)
+        })?;
         Ok(out)
     }
 
@@ -187,9 +204,10 @@ impl ElementWiseMiniOp for FakeQuant {
 
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
         let mut ram = t.try_as_plain_ram_mut()?;
-        let xs = ram.as_slice_mut::<f32>()?;
-        self.0.kernel(0).fake_quant(xs, self.0.zero_point, self.0.scale);
-        Ok(())
+        let kernel = self.0.kernel(0);
+        par_elements(ram.as_slice_mut::<f32>()?, |_, xs| {
+            kernel.fake_quant(xs, self.0.zero_point, self.0.scale)
+        })
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -207,49 +225,74 @@ pub struct DequantizeAcc {
     /// `s_x · s_w[c]` (times any per-channel factor folded in after).
     pub scale: Arc<Vec<f32>>,
     pub bias: Arc<Vec<f32>>,
+    /// `[lo, hi]` the result is clamped to (a following ReLU/ReLU6 folded in);
+    /// `[-inf, inf]` for none.
+    pub clamp: [f32; 2],
 }
 
 impl Eq for DequantizeAcc {}
 
 impl DequantizeAcc {
+    /// Rows of `row_len(shape)` elements, `out` starting at row `first_row`.
+    fn row_len(&self, shape: &[usize]) -> usize {
+        let inner: usize = shape[self.axis + 1..].iter().product();
+        if inner == 1 {
+            shape[self.axis]
+        } else {
+            inner
+        }
+    }
+
     #[inline(always)]
-    fn eval_body(&self, shape: &[usize], acc: &[i32], out: &mut [f32]) {
+    fn eval_body(&self, shape: &[usize], first_row: usize, acc: &[i32], out: &mut [f32]) {
         let channels = shape[self.axis];
         let inner: usize = shape[self.axis + 1..].iter().product();
         let (corr, scale, bias) = (&self.correction[..], &self.scale[..], &self.bias[..]);
+        let [lo, hi] = self.clamp;
         if inner == 1 {
             for (a, y) in acc.chunks_exact(channels).zip(out.chunks_exact_mut(channels)) {
                 let params = corr.iter().zip(scale).zip(bias);
                 for ((a, y), ((z, s), b)) in a.iter().zip(y.iter_mut()).zip(params) {
-                    *y = (a - z) as f32 * s + b;
+                    *y = ((a - z) as f32 * s + b).max(lo).min(hi);
                 }
             }
             return;
         }
         let rows = acc.chunks_exact(inner).zip(out.chunks_exact_mut(inner));
         for (row, (a, y)) in rows.enumerate() {
-            let c = row % channels;
+            let c = (first_row + row) % channels;
             let (z, s, b) = (corr[c], scale[c], bias[c]);
             for (a, y) in a.iter().zip(y.iter_mut()) {
-                *y = (a - z) as f32 * s + b;
+                *y = ((a - z) as f32 * s + b).max(lo).min(hi);
             }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn eval_avx2(&self, shape: &[usize], acc: &[i32], out: &mut [f32]) {
-        self.eval_body(shape, acc, out)
+    unsafe fn eval_avx2(&self, shape: &[usize], first_row: usize, acc: &[i32], out: &mut [f32]) {
+        self.eval_body(shape, first_row, acc, out)
     }
 
-    fn eval_slices(&self, shape: &[usize], acc: &[i32], out: &mut [f32]) {
+    fn eval_rows(&self, shape: &[usize], first_row: usize, acc: &[i32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { self.eval_avx2(shape, acc, out) };
+            return unsafe { self.eval_avx2(shape, first_row, acc, out) };
         }
-        self.eval_body(shape, acc, out)
+        self.eval_body(shape, first_row, acc, out)
+    }
+
+    /// The whole tensor, rows split over tract's executor.
+    fn eval_slices(&self, shape: &[usize], acc: &[i32], out: &mut [f32]) -> TractResult<()> {
+        let row_len = self.row_len(shape);
+        let len = out.len();
+        tract_linalg::multithread::par_chunks_mut(out, row_len, len, |first_row, part| {
+            let start = first_row * row_len;
+            self.eval_rows(shape, first_row, &acc[start..start + part.len()], part);
+            Ok(())
+        })
     }
 }
 
@@ -273,7 +316,7 @@ impl EvalOp for DequantizeAcc {
         let acc = input.try_as_plain_ram()?.as_slice::<i32>()?;
         let mut out = Tensor::zero::<f32>(input.shape())?;
         let mut ram = out.try_as_plain_ram_mut()?;
-        self.eval_slices(input.shape(), acc, ram.as_slice_mut::<f32>()?);
+        self.eval_slices(input.shape(), acc, ram.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -416,6 +459,7 @@ fn integer_matmul_patch(
         correction: Arc::new(k_sums.iter().map(|s| zp * s).collect()),
         scale: Arc::new(w_scales.iter().map(|s| s * act.scale).collect()),
         bias: Arc::new(form.bias.unwrap_or_else(|| vec![0.0; channels])),
+        clamp: NO_CLAMP,
     };
 
     let mut patch = TypedModelPatch::new(format!("int8 matmul {}", node.name));
@@ -601,6 +645,12 @@ fn fold_affine(
         if model.outlet_successors(last).len() != 1 || model.output_outlets()?.contains(&last) {
             break;
         }
+        if let Some((clamp, after)) = following_clamp(model, last)? {
+            dequant.clamp = clamp;
+            last = after;
+            folded += 1;
+            break;
+        }
         let Some(bin) = next.op_as::<TypedBinOp>() else { break };
         let name = bin.0.name();
         if name != "Add" && name != "Mul" {
@@ -628,9 +678,52 @@ fn fold_affine(
     Ok((last, folded))
 }
 
+/// No clamp: `[-inf, inf]`.
+pub const NO_CLAMP: [f32; 2] = [f32::NEG_INFINITY, f32::INFINITY];
+
+/// The `Max(x, lo)` and/or `Min(x, hi)` with scalar constants that follow `outlet` as its only
+/// use (ReLU, ReLU6, a Clip), as `[lo, hi]`, with the outlet after them; `None` when no such op
+/// follows.
+pub fn following_clamp(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<([f32; 2], OutletId)>> {
+    let mut clamp = NO_CLAMP;
+    let mut last = outlet;
+    let shape = model.outlet_fact(outlet)?.shape.clone();
+    while let Some(next) = model.single_succ(last.node)? {
+        if model.outlet_successors(last).len() != 1 || model.output_outlets()?.contains(&last) {
+            break;
+        }
+        let Some(bin) = next.op_as::<TypedBinOp>() else { break };
+        let (is_max, is_min) = (bin.0.name() == "Max", bin.0.name() == "Min");
+        if !(is_max || is_min) || next.inputs.len() != 2 {
+            break;
+        }
+        let other = if next.inputs[0] == last { next.inputs[1] } else { next.inputs[0] };
+        let Some(k) = model.outlet_fact(other)?.konst.clone() else { break };
+        if k.len() != 1 || k.datum_type() != f32::datum_type() {
+            break;
+        }
+        if model.outlet_fact(OutletId::new(next.id, 0))?.shape != shape {
+            break;
+        }
+        let v = k.cast_to_scalar::<f32>()?;
+        if is_max {
+            clamp[0] = clamp[0].max(v);
+            clamp[1] = clamp[1].max(v);
+        } else {
+            clamp[0] = clamp[0].min(v);
+            clamp[1] = clamp[1].min(v);
+        }
+        last = OutletId::new(next.id, 0);
+    }
+    Ok((last != outlet).then_some((clamp, last)))
+}
+
 /// The values of a constant that varies only along `axis` of a rank-`rank` tensor (or is a
 /// scalar), expanded to `channels` values; `None` otherwise.
-fn per_channel_values(
+pub(crate) fn per_channel_values(
     k: &Tensor,
     rank: usize,
     axis: usize,
@@ -750,6 +843,7 @@ mod tests {
             correction: Arc::new(vec![10, -4]),
             scale: Arc::new(vec![0.5, 2.0]),
             bias: Arc::new(vec![1.0, -1.0]),
+            clamp: NO_CLAMP,
         }
     }
 
@@ -758,8 +852,17 @@ mod tests {
         // [3, 2], channels last.
         let acc = [10, 0, 12, 1, 8, -4];
         let mut out = [0f32; 6];
-        dequant(1).eval_slices(&[3, 2], &acc, &mut out);
+        dequant(1).eval_slices(&[3, 2], &acc, &mut out).unwrap();
         assert_eq!(out, [1.0, 7.0, 2.0, 9.0, 0.0, -1.0]);
+    }
+
+    #[test]
+    fn dequantize_clamps_when_a_relu6_is_folded_in() {
+        let acc = [10, 0, 12, 1, 8, -4];
+        let mut out = [0f32; 6];
+        let op = DequantizeAcc { clamp: [0.0, 6.0], ..dequant(1) };
+        op.eval_slices(&[3, 2], &acc, &mut out).unwrap();
+        assert_eq!(out, [1.0, 6.0, 2.0, 6.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -767,8 +870,38 @@ mod tests {
         // [1, 2, 3], channels on axis 1.
         let acc = [10, 12, 8, 0, 1, -4];
         let mut out = [0f32; 6];
-        dequant(1).eval_slices(&[1, 2, 3], &acc, &mut out);
+        dequant(1).eval_slices(&[1, 2, 3], &acc, &mut out).unwrap();
         assert_eq!(out, [1.0, 2.0, 0.0, 7.0, 9.0, -1.0]);
+    }
+
+    /// The ops split their work over a multithreaded executor with the values one thread
+    /// gives (tensors above tract's threading threshold, both dequantization layouts).
+    #[test]
+    fn two_threads_compute_what_one_does() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        let n = 96 * 1024 + 7 * 3;
+        let xs: Vec<f32> = (0..n).map(|i| ((i * 37 % 1001) as f32 - 500.0) * 0.013).collect();
+        let acc: Vec<i32> = (0..2 * n).map(|i| (i * 7919 % 4001) as i32 - 2000).collect();
+        let x = Tensor::from_shape(&[n], &xs).unwrap();
+        let act = u8_act(0.05, 3);
+        let run = || {
+            let q = QuantizeI8(act).eval_out_of_place(&x, None).unwrap();
+            let mut fq = x.clone();
+            FakeQuant(act).eval_in_place(&mut fq, None).unwrap();
+            let mut last = vec![0f32; 2 * n];
+            dequant(1).eval_slices(&[n, 2], &acc, &mut last).unwrap();
+            let mut first = vec![0f32; 2 * n];
+            dequant(1).eval_slices(&[1, 2, n], &acc, &mut first).unwrap();
+            (q, fq, last, first)
+        };
+        let one = multithread_tract_scope(Executor::SingleThread, run);
+        let two = multithread_tract_scope(Executor::multithread(2), run);
+        assert_eq!(one.0, two.0);
+        assert_eq!(one.1, two.1);
+        assert_eq!(one.2, two.2);
+        assert_eq!(one.3, two.3);
+        assert_eq!(one.2[2 * 5 + 1], (acc[2 * 5 + 1] + 4) as f32 * 2.0 - 1.0);
+        assert_eq!(one.3[n + 5], (acc[n + 5] + 4) as f32 * 2.0 - 1.0);
     }
 
     #[test]

@@ -226,8 +226,35 @@ fn latency_section(report: &Report, body: &mut String) -> Result<()> {
     );
     for f in &report.forms {
         let _ = writeln!(body, "{}", latency_row(f));
+        if let Some(b) = &f.stock_tract {
+            let l = &b.latency_ms;
+            let _ = writeln!(
+                body,
+                "<tr><td>{}, stock tract (baseline)</td><td class=\"num\">{:.2}</td>\
+                 <td class=\"num\">{:.2}</td><td class=\"num\">{:.2}</td>\
+                 <td class=\"num\">{:.2} ± {:.2}</td><td class=\"num\">{}</td><td>n/a</td>\
+                 <td class=\"num\">{:.0}</td></tr>",
+                escape(&f.form),
+                l.p50,
+                l.p90,
+                l.p99,
+                l.mean,
+                l.stdev,
+                l.runs,
+                b.load_ms
+            );
+        }
     }
-    let _ = writeln!(body, "</table>\n</section>");
+    let _ = writeln!(body, "</table>");
+    let ratios = report.latency_ratios();
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            body,
+            "<p>Ratios of p50 latency, the forms timed in turn in the same rounds: {}.</p>",
+            escape(&ratios.join("; "))
+        );
+    }
+    let _ = writeln!(body, "</section>");
     Ok(())
 }
 

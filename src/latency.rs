@@ -54,6 +54,35 @@ pub fn measure(plan: &LatencyPlan, mut f: impl FnMut() -> Result<()>) -> Result<
     Ok(LatencyStats::from_samples(samples_ms, plan.warmup_runs))
 }
 
+/// Times several functions in turn, as [`measure`] times one: each gets `plan.warmup_runs`
+/// untimed runs, then rounds run each once, timed, until every one has `plan.runs` samples or
+/// `plan.max_seconds` per function has passed (at least 3 rounds). Interleaving puts the
+/// machine's slow moments on all of them alike, so their ratios hold on a shared, noisy machine.
+pub fn measure_interleaved(
+    plan: &LatencyPlan,
+    fs: &mut [&mut dyn FnMut() -> Result<()>],
+) -> Result<Vec<LatencyStats>> {
+    for f in fs.iter_mut() {
+        for _ in 0..plan.warmup_runs {
+            f()?;
+        }
+    }
+    let budget = Duration::from_secs_f64(plan.max_seconds * fs.len() as f64);
+    let started = Instant::now();
+    let mut samples_ms = vec![Vec::with_capacity(plan.runs); fs.len()];
+    for round in 0..plan.runs.max(1) {
+        for (f, samples) in fs.iter_mut().zip(&mut samples_ms) {
+            let t = Instant::now();
+            f()?;
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        if round + 1 >= 3 && started.elapsed() > budget {
+            break;
+        }
+    }
+    Ok(samples_ms.into_iter().map(|s| LatencyStats::from_samples(s, plan.warmup_runs)).collect())
+}
+
 impl LatencyStats {
     pub fn from_samples(samples_ms: Vec<f64>, warmup_runs: usize) -> LatencyStats {
         let mut sorted = samples_ms.clone();
@@ -221,5 +250,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!((calls, stats.runs), (7, 5));
+    }
+
+    #[test]
+    fn interleaved_runs_alternate_and_count_per_function() {
+        let plan = LatencyPlan { warmup_runs: 1, runs: 4, max_seconds: 60.0 };
+        let order = std::cell::RefCell::new(vec![]);
+        let mut a = || {
+            order.borrow_mut().push('a');
+            Ok(())
+        };
+        let mut b = || {
+            order.borrow_mut().push('b');
+            Ok(())
+        };
+        let stats = measure_interleaved(&plan, &mut [&mut a, &mut b]).unwrap();
+        assert_eq!(stats.iter().map(|s| s.runs).collect::<Vec<_>>(), vec![4, 4]);
+        assert_eq!(order.into_inner().iter().collect::<String>(), "ababababab");
     }
 }

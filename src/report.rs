@@ -103,6 +103,21 @@ pub struct FormReport {
     /// Where the time goes per op (`--profile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::profile::Profile>,
+    /// edgeverify's own ops in this form's plan, with node counts (empty: stock tract's plan).
+    #[serde(default)]
+    pub own_ops: BTreeMap<String, usize>,
+    /// The same file as stock tract runs it, timed in the same rounds as this form (f32, when
+    /// the form has own ops): the baseline the own ops are measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_tract: Option<StockBaseline>,
+}
+
+/// Stock tract's plan of the same file, timed interleaved with the form it is a baseline for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StockBaseline {
+    pub latency_ms: LatencyStats,
+    pub load_ms: f64,
+    pub kernels: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -382,13 +397,31 @@ impl Report {
         }
     }
 
+    /// `"int8 / f32 0.63"`-style p50 ratios: each other form against f32, and f32 against
+    /// stock tract's plan of the same file.
+    pub fn latency_ratios(&self) -> Vec<String> {
+        let p50 = |f: &FormReport| f.latency_ms.as_ref().map(|l| l.p50);
+        let Some(f32_form) = self.forms.iter().find(|f| f.form == "f32") else { return vec![] };
+        let mut ratios = vec![];
+        if let (Some(ours), Some(stock)) = (p50(f32_form), &f32_form.stock_tract) {
+            ratios.push(format!("f32 / f32 stock tract {:.3}", ours / stock.latency_ms.p50));
+        }
+        for f in self.forms.iter().filter(|f| f.form != "f32") {
+            if let (Some(a), Some(b)) = (p50(f), p50(f32_form)) {
+                ratios.push(format!("{} / f32 {:.3}", f.form, a / b));
+            }
+        }
+        ratios
+    }
+
     fn markdown_latency(&self, s: &mut String) {
         let lm = &self.latency_method;
         let _ = writeln!(s, "## Latency\n");
         let _ = writeln!(
             s,
             "Measured apart from the accuracy pass: batch {}, {} thread(s), {} warm-up run(s), up \
-             to {} timed runs or {} s; input: {}.\n",
+             to {} timed runs or {} s per form, the forms timed in turn (one run of each per \
+             round, so that load from other processes falls on all alike); input: {}.\n",
             lm.batch, lm.threads, lm.plan.warmup_runs, lm.plan.runs, lm.plan.max_seconds, lm.input
         );
         let _ = writeln!(s, "| form | p50 ms | p90 ms | p99 ms | mean ± sd ms | runs | throughput img/s | load ms | kernels |");
@@ -427,6 +460,38 @@ impl Report {
                     );
                 }
             }
+            if let Some(b) = &f.stock_tract {
+                let l = &b.latency_ms;
+                let kernels = b
+                    .kernels
+                    .iter()
+                    .map(|(k, n)| format!("{k} ×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(
+                    s,
+                    "| {}, stock tract (baseline) | {:.2} | {:.2} | {:.2} | {:.2} ± {:.2} | {} | n/a \
+                     | {:.0} | {} |",
+                    f.form, l.p50, l.p90, l.p99, l.mean, l.stdev, l.runs, b.load_ms, kernels
+                );
+            }
+        }
+        let ratios = self.latency_ratios();
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nRatios of p50 latency, timed in the same rounds: {}.",
+                ratios.join("; ")
+            );
+        }
+        for f in self.forms.iter().filter(|f| !f.own_ops.is_empty()) {
+            let ops = f.own_ops.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>();
+            let _ = writeln!(
+                s,
+                "\n{}: edgeverify's own ops in tract's plan: {}.",
+                f.form,
+                ops.join(", ")
+            );
         }
         self.markdown_profiles(s);
         let e = &self.environment;

@@ -10,14 +10,14 @@ use rayon::prelude::*;
 use crate::convnext::{self, Arch, SyntheticIdentity};
 use crate::dataset::{sha256_bytes, Slice, SliceEntry};
 use crate::engine::{self, Engine, Form, GraphIo};
-use crate::latency::{self, Environment, LatencyPlan};
+use crate::latency::{self, Environment, LatencyPlan, LatencyStats};
 use crate::metrics::{self, Accuracy, ClaimStanding, PairedAccumulator};
 use crate::model::ModelSpec;
 use crate::preprocess::{self, PreprocessSpec};
 use crate::quantize::{self, CalibrationInfo, QuantizeOptions, Recipe};
 use crate::report::{
     Failure, FormReport, LatencyMethod, ModelInfo, Prediction, PreprocessingInfo, Report,
-    SliceInfo, Throughput,
+    SliceInfo, StockBaseline, Throughput,
 };
 use crate::synthetic_images::SyntheticImages;
 
@@ -379,24 +379,42 @@ fn build_int8(
     Ok((engine, recipe, proto, prepare_seconds))
 }
 
-/// sha256 of every readable image of a slice.
-fn content_hashes(slice: &Slice) -> std::collections::HashSet<String> {
-    slice.entries.par_iter().filter_map(|e| crate::dataset::sha256_file(&e.path).ok()).collect()
+/// Every image of the slice by content sha256 (unreadable files left out: they fail later,
+/// by name).
+pub fn content_hashes(slice: &Slice) -> SliceHashes {
+    slice
+        .entries
+        .par_iter()
+        .filter_map(|e| Some((crate::dataset::sha256_file(&e.path).ok()?, e.file.clone())))
+        .collect()
 }
 
-/// Refuses calibration images that are also evaluation images. Known shortcoming: it gives the
-/// count, not the files' names (the hashes alone are at hand for an `--int8-model` recipe).
+/// The evaluation slice's images by content sha256: hash -> file.
+pub type SliceHashes = std::collections::HashMap<String, String>;
+
+/// Refuses calibration images that are also evaluation images, naming (up to five of) the
+/// evaluation files they duplicate.
 fn check_overlap(
     calib_hashes: &[String],
-    slice_hashes: &std::collections::HashSet<String>,
+    slice_hashes: &SliceHashes,
     calib_source: &str,
 ) -> Result<()> {
-    let shared = calib_hashes.iter().filter(|h| slice_hashes.contains(*h)).count();
-    if shared > 0 {
+    let mut shared: Vec<&str> =
+        calib_hashes.iter().filter_map(|h| slice_hashes.get(h).map(String::as_str)).collect();
+    shared.sort_unstable();
+    shared.dedup();
+    if !shared.is_empty() {
+        let named = shared.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        let more = if shared.len() > 5 {
+            format!(" and {} more", shared.len() - 5)
+        } else {
+            String::new()
+        };
         bail!(
-            "{shared} calibration image(s) of {calib_source} are also in the evaluation slice \
-             (same content sha256): calibrating on evaluation images inflates int8 accuracy; \
-             calibrate on other images (e.g. ImageNet train)"
+            "{} calibration image(s) of {calib_source} are also in the evaluation slice (same \
+             content sha256 as {named}{more}): calibrating on evaluation images inflates int8 \
+             accuracy; calibrate on other images (e.g. ImageNet train)",
+            shared.len()
         );
     }
     Ok(())
@@ -410,7 +428,7 @@ pub fn quantize_with_calib(
     io: &GraphIo,
     model_sha256: &str,
     qopts: &QuantizeOptions,
-    slice_hashes: Option<&std::collections::HashSet<String>>,
+    slice_hashes: Option<&SliceHashes>,
     quiet: bool,
 ) -> Result<quantize::Quantized> {
     let set = Slice::load_for_calibration(calib, &spec.classes)
@@ -797,8 +815,9 @@ fn measure_forms(
     let failed = eval.failures.len();
     let listed = eval.listed;
     let scored = accuracy_unmeasurable.is_none();
+    let (latency, stock) = time_forms(runs, spec, io, eval, opts)?;
     let mut forms = vec![];
-    for run in runs.iter() {
+    for ((run, latency_ms), stock_tract) in runs.iter().zip(latency).zip(stock) {
         let top1 = Accuracy::new(run.top1_correct, run.evaluated).filter(|_| scored);
         let top5 = Accuracy::new(run.top5_correct, run.evaluated).filter(|_| scored);
         let with_failures = Accuracy::new(run.top1_correct, run.evaluated + failed);
@@ -820,13 +839,10 @@ fn measure_forms(
         };
         let skip_f16 = run.engine.form == Form::F16 && !native_f16() && !opts.f16_latency;
         let fallback_f16 = run.engine.form == Form::F16 && !native_f16();
-        let (latency_ms, latency_note) = match &eval.latency_input {
-            Some(_) if skip_f16 => (None, Some(NO_NATIVE_F16.to_string())),
-            Some((_, input)) => (
-                Some(latency::measure(&opts.latency, || run.engine.run(input).map(drop))?),
-                fallback_f16.then(|| F16_FALLBACK_TIMED.to_string()),
-            ),
-            None => (None, Some("no image could be preprocessed to time the model on".into())),
+        let latency_note = match &eval.latency_input {
+            Some(_) if skip_f16 => Some(NO_NATIVE_F16.to_string()),
+            Some(_) => fallback_f16.then(|| F16_FALLBACK_TIMED.to_string()),
+            None => Some("no image could be preprocessed to time the model on".into()),
         };
         let profile = match &eval.latency_input {
             Some((_, input)) if opts.profile && !skip_f16 => {
@@ -859,9 +875,63 @@ fn measure_forms(
             vs_f32: run.paired.finish(),
             kernel_families: engine::kernel_families(&run.engine.kernels),
             profile,
+            own_ops: run.engine.own_ops.clone(),
+            stock_tract,
         });
     }
     Ok(forms)
+}
+
+/// Whether a form's latency is measured in this run (f16 only where the CPU has native f16
+/// arithmetic, unless asked).
+fn is_timed(form: Form, opts: &VerifyOptions) -> bool {
+    form != Form::F16 || native_f16() || opts.f16_latency
+}
+
+/// Batch-1 latency of every timed form, interleaved in the same rounds, plus stock tract's
+/// plan of the same file next to an f32 form that has edgeverify's own ops.
+#[allow(clippy::type_complexity)]
+fn time_forms(
+    runs: &[FormRun],
+    spec: &ModelSpec,
+    io: &GraphIo,
+    eval: &Evaluation,
+    opts: &VerifyOptions,
+) -> Result<(Vec<Option<LatencyStats>>, Vec<Option<StockBaseline>>)> {
+    let mut latency = vec![None; runs.len()];
+    let mut stock_tract = vec![None; runs.len()];
+    let Some((_, input)) = &eval.latency_input else { return Ok((latency, stock_tract)) };
+    let baseline_for =
+        runs.iter().position(|r| r.engine.form == Form::F32 && !r.engine.own_ops.is_empty());
+    let stock = match baseline_for {
+        Some(_) => {
+            Some(Engine::load_f32_stock(&spec.onnx_path, io, 1, runs[0].engine.input_shape[2])?)
+        }
+        None => None,
+    };
+    let timed: Vec<usize> =
+        (0..runs.len()).filter(|&i| is_timed(runs[i].engine.form, opts)).collect();
+    let mut fns: Vec<Box<dyn FnMut() -> Result<()> + '_>> = timed
+        .iter()
+        .map(|&i| Box::new(move || runs[i].engine.run(input).map(drop)) as Box<dyn FnMut() -> _>)
+        .collect();
+    if let Some(stock) = &stock {
+        fns.push(Box::new(move || stock.run(input).map(drop)));
+    }
+    let mut refs: Vec<&mut dyn FnMut() -> Result<()>> =
+        fns.iter_mut().map(|f| &mut **f as &mut dyn FnMut() -> Result<()>).collect();
+    let mut stats = latency::measure_interleaved(&opts.latency, &mut refs)?.into_iter();
+    for &i in &timed {
+        latency[i] = stats.next();
+    }
+    if let (Some(i), Some(stock)) = (baseline_for, &stock) {
+        stock_tract[i] = stats.next().map(|latency_ms| StockBaseline {
+            latency_ms,
+            load_ms: stock.load_ms,
+            kernels: stock.kernels.clone(),
+        });
+    }
+    Ok((latency, stock_tract))
 }
 
 /// Images per second at the configured batch: batch 1 reuses the form's engine, a larger batch

@@ -180,3 +180,14 @@ fn a_folder_stands_for_its_report() {
     let out = dir.path().join("cmp");
     compare(&[dir.path().join("run")], &out).success().stdout(contains("| f32 | 1 |"));
 }
+
+#[test]
+fn the_same_report_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_report(dir.path(), "run", &real_report());
+    let out = dir.path().join("cmp");
+    compare(&[path, dir.path().join("run")], &out)
+        .code(1)
+        .stderr(contains("are the same report (identical content): give each run once"));
+    assert!(!out.join("compare.md").exists());
+}

@@ -119,6 +119,7 @@ fn calibration_images_overlapping_the_slice_are_refused() {
     assert_eq!(output.status.code(), Some(1));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("also in the evaluation slice"), "{err}");
+    assert!(err.contains("ILSVRC2012_val_"), "the duplicated evaluation files are named: {err}");
     assert!(!dir.path().join("report.json").exists());
 }
 
