@@ -52,28 +52,33 @@ const FORMS: &[FormCheck] = &[
     },
     FormCheck {
         form: Form::Int8,
-        // The i8 × i8 → i32 accumulations are exact on every kernel (from the same i8 inputs,
-        // the A72's `arm64simd_mmm_i32_8x8`, the A76's SDOT `_8x8_dot` and x86's VNNI kernel
-        // give bit-identical accumulators, and the A72 and A76 give bit-identical logits). But
-        // the f32 ops between the quantizers (stem and depthwise convs, LayerNorm, GELU) differ
-        // in their last bits as in the f32 form, and a value within those bits of a rounding
-        // boundary quantizes one level apart. A flipped level changes a whole row of the next
-        // matmul, and the flips multiply through the network: on Lite0 (val image 556, A72) 7
-        // of the first quantizer's 401,408 values flip, and by the last blocks a third of the
-        // values differ, by up to 13 levels. Measured on these 5 images: up to 0.136 on Lite0
-        // (logits ~10) and 0.059 on ConvNeXt-T (logits ~3), on aarch64 and armv7 alike, one
-        // ConvNeXt-T image bit-identical; over the first 100 val images Lite0 on the A72 is
-        // up to 0.202 from x86 (median 0.096). x86 against itself, FMA instead of AVX-512 f32
-        // kernels, differs as much on ConvNeXt-T (up to 0.070 over 200 val images). 0.3 is
-        // about twice the largest seen here, and under the int8 form's own distance from f32
-        // on these Lite0 images (0.32-0.67): an int8 form that strayed from x86's as far as
-        // int8 strays from f32 fails.
+        // The i8 × i8 → i32 accumulations are exact on every kernel: from the same i8 inputs,
+        // the A72's `arm64simd_mmm_i32_8x8`, the A76's SDOT `_8x8_dot`, armv7's `_8x4` and
+        // x86's VNNI kernel give the same accumulators. What can differ is the f32 between the
+        // quantizers: a value within its last bits of a rounding boundary quantizes one level
+        // apart, a flipped level changes a whole row of the next matmul, and the flips
+        // multiply through the network (on one Lite0 image, 7 of the first quantizer's 401,408
+        // values flipped; in the last blocks a third differed, by up to 13 levels).
+        // - aarch64: the int8 form's f32 convs (tract's kernels, edgeverify's depthwise op)
+        //   fuse multiply-adds in the same order as on x86, so only ConvNeXt-T's GELU differs,
+        //   in its last bit. Bit-identical to x86 on these images (A72 and A76 alike) and on
+        //   100 of 100 val images for Lite0; ConvNeXt-T on 28 of 40 val images, the others up
+        //   to 0.070.
+        // - armv7: tract's f32 kernels (`vmla`) and the depthwise op multiply and add
+        //   separately, so flips start early: up to 0.149 on Lite0 (logits ~10) and 0.068 on
+        //   ConvNeXt-T (logits ~3) here, Lite0 up to 0.212 over 100 val images (median 0.099).
+        // - x86 against itself, FMA instead of AVX-512 kernels: ConvNeXt-T up to 0.069 over
+        //   200 val images.
+        // 0.3 is about twice the largest seen here and below the int8 form's own distance from
+        // f32 on these Lite0 images (0.32-0.67): an int8 form that strayed from x86's as far
+        // as int8 strays from f32 fails.
         logit_tolerance: 0.3,
-        // Classes x86 has a few hundredths apart trade places: on ConvNeXt-T, whose synthetic
-        // logits are nearly flat (top-5 within ~0.1 of each other), ranks 4-5 on 2 of the 5
-        // images on aarch64 and 4 on armv7 (0.009-0.015 apart on x86); over 100 val images,
-        // Lite0's top-5 on 15 on the A72, its top-1 on none; ConvNeXt-T's top-1 on 3 of 200
-        // between x86's own two kernel sets. Twice the tolerance: see `top5_near_tie`.
+        // Where the flips happen, classes x86 has a few hundredths apart trade places: on
+        // ConvNeXt-T, whose synthetic logits are nearly flat (top-5 within ~0.1 of each
+        // other), rank 5 on 1 of the 5 images on armv7 (0.008 apart on x86); over val
+        // images, Lite0's top-5 on 22 of 100 on armv7 (its top-1 on none), ConvNeXt-T's top-5
+        // on 2 of 40 on the A72, and its top-1 on 6 of 200 between x86's own two kernel sets.
+        // Twice the tolerance: see `top5_near_tie`.
         top5_near_tie: 0.6,
         load: load_int8,
     },
@@ -302,6 +307,7 @@ fn compare(model: &arm::Model, shared: &Path) {
         let form = check.form.name();
         let mut worst = 0f32;
         let mut near_ties = vec![];
+        let mut identical = 0;
         for out in ours.outputs.iter().filter(|o| o.form == form) {
             let what = format!("{} {form} {}", model.name, out.image);
             let want =
@@ -315,6 +321,7 @@ fn compare(model: &arm::Model, shared: &Path) {
                 ours.arch
             );
             near_ties.extend(check_top5(&what, out, want, check.top5_near_tie));
+            identical += usize::from(out.logits == want.logits);
             worst = worst.max(common::assert_close(
                 &what,
                 &out.logits,
@@ -336,7 +343,8 @@ fn compare(model: &arm::Model, shared: &Path) {
         }
         eprintln!(
             "{} {form} on {} (ISA {}): {} images, same tensors and {} top-5 as x86, max |logit \
-             diff| {worst:e} (tolerance {:e}); kernels {:?} (x86: {:?})",
+             diff| {worst:e} (tolerance {:e}), logits bit-identical on {identical}; kernels {:?} \
+             (x86: {:?})",
             model.name,
             ours.arch,
             ours.isa,
