@@ -86,6 +86,67 @@ pub fn expected_kernel_prefix() -> Option<&'static str> {
     }
 }
 
+/// The calibration images of the int8 form the ARM check quantizes once on x86: the first
+/// [`INT8_CALIB_IMAGES`] of `imagenet-train-calib-300` in name order (training images, none of
+/// them among [`IMAGES`]).
+pub const INT8_CALIB_IMAGES: usize = 8;
+
+/// The files of [`INT8_CALIB_IMAGES`], in name order.
+pub fn int8_calib_files(shared: &Path) -> Vec<PathBuf> {
+    let dir = shared.join("data/imagenet-train-calib-300");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpeg")))
+        .collect();
+    files.sort();
+    files.truncate(INT8_CALIB_IMAGES);
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(!IMAGES.iter().any(|i| i.ends_with(name)), "{name} is also a checked image");
+    }
+    files
+}
+
+/// The kernel families an int8 form's matmuls may use on this architecture: the integer one
+/// (i8 × i8 → i32) for the matmuls the int8 load-time rewrite moved to integers, the f32 one
+/// for those left in float. `None` where the check names no family (x86: the integer kernel
+/// depends on the CPU, `avx512vnni` here).
+pub fn expected_int8_kernel_prefixes() -> Option<(&'static str, &'static str)> {
+    if cfg!(target_arch = "aarch64") {
+        Some(("arm64simd_mmm_i32_", "arm64simd_mmm_f32_"))
+    } else if cfg!(target_arch = "arm") {
+        Some(("armv7neon_mmm_i32_", "armv7neon_mmm_f32_"))
+    } else {
+        None
+    }
+}
+
+/// Ops on integer (`_mmm_i32_`) kernels among an engine's kernels.
+pub fn integer_matmuls(kernels: &std::collections::BTreeMap<String, usize>) -> usize {
+    kernels.iter().filter(|(name, _)| name.contains("_mmm_i32_")).map(|(_, n)| n).sum()
+}
+
+/// Checks an int8 form's kernels: some integer matmuls everywhere; on ARM every matmul on
+/// [`expected_int8_kernel_prefixes`], integer or f32 NEON kernels.
+pub fn check_int8_kernels(engine: &Engine, what: &str) {
+    assert!(
+        integer_matmuls(&engine.kernels) > 0,
+        "{what}: no matmul on an integer kernel ({:?}): the int8 rewrite did not apply",
+        engine.kernels
+    );
+    if let Some((int, float)) = expected_int8_kernel_prefixes() {
+        for name in engine.kernels.keys() {
+            assert!(
+                name.starts_with(int) || name.starts_with(float),
+                "{what}: int8 form matmul on {name}, neither {int}* nor {float}* (all: {:?};                  ISA {})",
+                engine.kernels,
+                engine::detected_isa()
+            );
+        }
+    }
+}
+
 /// Checks the kernels an engine picked against [`expected_kernel_prefix`], and tract's ISA
 /// against `EDGEVERIFY_EXPECT_ISA` (comma-separated features, set by scripts/arm-check for
 /// each emulated CPU, e.g. `fp16,dotprod` on a Cortex-A76).
