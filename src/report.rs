@@ -68,6 +68,11 @@ pub struct SliceInfo {
     pub hashes_checked: bool,
 }
 
+/// `"name ×count, ..."`: kernels or ops with how many nodes use each.
+fn counts_text(counts: &BTreeMap<String, usize>) -> String {
+    counts.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Ops listed per form in report.md's profile tables (report.json has them all).
 const PROFILE_ROWS: usize = 12;
 
@@ -436,8 +441,7 @@ impl Report {
         let _ = writeln!(s, "| form | p50 ms | p90 ms | p99 ms | mean ± sd ms | runs | throughput img/s | load ms | kernels |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for f in &self.forms {
-            let kernels =
-                f.kernels.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ");
+            let kernels = counts_text(&f.kernels);
             let tp = f
                 .throughput
                 .as_ref()
@@ -471,12 +475,7 @@ impl Report {
             }
             if let Some(b) = &f.stock_tract {
                 let l = &b.latency_ms;
-                let kernels = b
-                    .kernels
-                    .iter()
-                    .map(|(k, n)| format!("{k} ×{n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let kernels = counts_text(&b.kernels);
                 let _ = writeln!(
                     s,
                     "| {}, stock tract (baseline) | {:.2} | {:.2} | {:.2} | {:.2} ± {:.2} | {} | n/a \
@@ -494,13 +493,8 @@ impl Report {
             );
         }
         for f in self.forms.iter().filter(|f| !f.own_ops.is_empty()) {
-            let ops = f.own_ops.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>();
-            let _ = writeln!(
-                s,
-                "\n{}: edgeverify's own ops in tract's plan: {}.",
-                f.form,
-                ops.join(", ")
-            );
+            let ops = counts_text(&f.own_ops);
+            let _ = writeln!(s, "\n{}: edgeverify's own ops in tract's plan: {}.", f.form, ops);
         }
         self.markdown_profiles(s);
         let e = &self.environment;
